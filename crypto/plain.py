@@ -1,0 +1,135 @@
+"""``plain``: the baseline protocol, no protection.
+
+Threat model: none. Each client sends its float32 update and its weight in the clear; the
+server sees every individual update and computes the weighted sum in float64. Any number of
+clients may drop; the sum covers whoever answered. Use it as the reference every secure
+protocol is measured against.
+
+Wire: one stage. Client reply payload = weight (float64, big-endian) || update (float32
+little-endian), 4 bytes per parameter plus 8.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from . import wire
+from .errors import DropoutError, ProtocolError
+from .protocol import (
+    Aggregate,
+    ClientSession,
+    Protocol,
+    RoundSpec,
+    ServerSession,
+    ServerStep,
+    ThreatModel,
+)
+from .registry import register
+
+_NAME = "plain"
+_WEIGHT = struct.Struct("!d")
+
+
+class PlainClient(ClientSession):
+    """Sends its update in the clear, once."""
+
+    _answered = False
+
+    def handle(self, message: bytes) -> bytes | None:
+        if self._answered:
+            raise ProtocolError(f"client {self.client_id} already answered this round: replay")
+        wire.unframe(
+            message, protocol=_NAME, session_id=self.spec.session_id, stage=0, sender=wire.SERVER
+        )
+        self._answered = True
+        payload = _WEIGHT.pack(self.weight) + self.vector.astype("<f4").tobytes()
+        return wire.frame(
+            protocol=_NAME,
+            session_id=self.spec.session_id,
+            stage=0,
+            sender=self.client_id,
+            payload=payload,
+        )
+
+
+class PlainServer(ServerSession):
+    """Sums the weighted updates it receives."""
+
+    def __init__(self, spec: RoundSpec):
+        super().__init__(spec)
+        self._result: Aggregate | None = None
+
+    def start(self) -> dict[int, bytes]:
+        hello = wire.frame(
+            protocol=_NAME,
+            session_id=self.spec.session_id,
+            stage=0,
+            sender=wire.SERVER,
+            payload=b"",
+        )
+        return {cid: hello for cid in self.spec.cohort}
+
+    def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
+        if self._result is not None:
+            raise ProtocolError("plain round already finished")
+        if not replies:
+            raise DropoutError("every client of the cohort dropped out: nothing to aggregate")
+        total = np.zeros(self.spec.dim, dtype=np.float64)
+        weight = 0.0
+        expected = _WEIGHT.size + 4 * self.spec.dim
+        for cid in sorted(replies):
+            if cid not in self.spec.cohort:
+                raise ProtocolError(f"reply from client {cid}, who is not in the cohort")
+            body = wire.unframe(
+                replies[cid], protocol=_NAME, session_id=self.spec.session_id, stage=0, sender=cid
+            )
+            if len(body) != expected:
+                raise ProtocolError(
+                    f"client {cid} sent {len(body)} payload bytes, expected {expected} "
+                    f"for dim {self.spec.dim}"
+                )
+            (w,) = _WEIGHT.unpack_from(body)
+            vec = np.frombuffer(body, dtype="<f4", offset=_WEIGHT.size).astype(np.float64)
+            if not (w > 0 and np.isfinite(w)) or not np.all(np.isfinite(vec)):
+                raise ProtocolError(f"client {cid} sent a non-finite or non-positive value")
+            total += w * vec
+            weight += w
+        bound = 1e-12 * float(np.max(np.abs(total), initial=0.0)) * len(replies)
+        self._result = Aggregate(total, weight, tuple(sorted(replies)), "server", bound)
+        return ServerStep(messages={}, final=True)
+
+    def aggregate(self) -> Aggregate | None:
+        return self._result
+
+
+@register
+class PlainProtocol(Protocol):
+    """Baseline: updates in the clear, summed by the server."""
+
+    name = _NAME
+    learned_by = "server"
+
+    def client_session(
+        self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
+    ) -> ClientSession:
+        return PlainClient(spec, client_id, vector, weight)
+
+    def server_session(self, spec: RoundSpec) -> ServerSession:
+        return PlainServer(spec)
+
+    def max_dropouts(self, cohort_size: int) -> int:
+        return cohort_size - 1
+
+    def threat_model(self) -> ThreatModel:
+        return ThreatModel(
+            protocol=_NAME,
+            key_holders="nobody: no keys",
+            server_sees="every client's individual update and weight",
+            dropouts="any number; the sum covers the clients that answered",
+            breaks_if="always: offers no confidentiality (baseline only)",
+        )

@@ -95,6 +95,7 @@ def unframe(
     body = bytes(message[HEADER_SIZE:])
     if len(body) != head.length:
         raise ProtocolError(
-            f"payload is {len(body)} bytes but the header announces {head.length}: truncated or padded"
+            f"payload is {len(body)} bytes but the header announces {head.length}: "
+            "truncated or padded"
         )
     return body

@@ -1,0 +1,1 @@
+"""Differential privacy for secfed: DP-SGD via Opacus, ledgers, user-level DP."""

@@ -1,0 +1,98 @@
+"""Building a job's parts from its config: data tensors, tokenizer, model with adapter."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from peft import PeftModel
+from torch.utils.data import TensorDataset
+from transformers import PreTrainedTokenizerBase
+
+import models
+
+from . import builtin_task
+from .config import ExperimentConfig
+from .data import ClientShard, TextDataset, load_dataset, partition
+
+log = logging.getLogger(__name__)
+
+#: Seed of the public corpus the built-in tokenizer is trained on (never client data).
+PUBLIC_CORPUS_SEED = 10_007
+
+
+@dataclass
+class JobParts:
+    """Everything a round needs that is rebuilt identically on resume."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    data: TextDataset
+    shards: list[ClientShard]
+    encoded: TensorDataset
+    test_set: TensorDataset
+    family: str
+
+
+def _tokenizer_corpus(cfg: ExperimentConfig, data: TextDataset) -> list[str]:
+    if cfg.data.source == "builtin":
+        texts, _ = builtin_task.generate(num_examples=2000, seed=PUBLIC_CORPUS_SEED)
+        return texts
+    log.info("training the tokenizer on the job's own texts (no tokenizer given)")
+    return data.texts
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, data: TextDataset, *, max_length: int
+) -> TensorDataset:
+    """Token ids, attention masks and labels as tensors (padded to ``max_length``)."""
+    enc = tokenizer(
+        data.texts,
+        padding="max_length",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="pt",
+    )
+    labels = torch.tensor(data.labels, dtype=torch.long)
+    return TensorDataset(enc["input_ids"], enc["attention_mask"], labels)
+
+
+def build_parts(cfg: ExperimentConfig) -> JobParts:
+    """Data, shards, tokenizer and model with its adapter, deterministic by ``cfg.seed``."""
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    shards = partition(data, cfg.data, cfg.federation, seed=cfg.seed)
+    num_labels = max(data.num_labels, 2)
+    if cfg.model.path:
+        base, tokenizer = models.load_pretrained(
+            cfg.model.path, task=cfg.model.task, num_labels=num_labels
+        )
+        family = models.family_of(base)
+    else:
+        family = cfg.model.family
+        tokenizer = models.train_tokenizer(
+            _tokenizer_corpus(cfg, data), vocab_size=cfg.model.vocab_size, family=family
+        )
+        base = models.build_tiny_model(
+            family,
+            task=cfg.model.task,
+            vocab_size=len(tokenizer),
+            num_labels=num_labels,
+            seed=cfg.seed,
+            pad_token_id=int(tokenizer.pad_token_id),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    spec = models.AdapterSpec(cfg.adapter.method, dict(cfg.adapter.options))
+    model = models.attach_adapter(base, spec, family=family, task=cfg.model.task, seed=cfg.seed)
+    encoded = encode(tokenizer, data, max_length=cfg.model.max_length)
+    test_idx = np.concatenate([s.test for s in shards]) if shards else np.array([], dtype=int)
+    test_set = TensorDataset(*(t[torch.as_tensor(test_idx)] for t in encoded.tensors))
+    return JobParts(model, tokenizer, data, shards, encoded, test_set, family)
+
+
+def client_dataset(parts: JobParts, shard: ClientShard) -> TensorDataset:
+    """The tensors of one client's training examples."""
+    idx = torch.as_tensor(shard.train)
+    return TensorDataset(*(t[idx] for t in parts.encoded.tensors))

@@ -1,0 +1,218 @@
+"""Experiment file (TOML) schema, validated with clear errors.
+
+Every section is a pydantic model that forbids unknown keys; :func:`load_config` turns
+validation failures into one :class:`~secfed.errors.ConfigError` whose lines name the key,
+the bad value and the fix.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+
+STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Section):
+    """Which base model to fine-tune."""
+
+    family: str = "bert"
+    path: str | None = None
+    task: Literal["classification", "causal_lm"] = "classification"
+    max_length: int = Field(32, ge=4, le=4096)
+    vocab_size: int = Field(2000, ge=100, le=1_000_000)
+
+
+class AdapterSection(_Section):
+    """Adapter method and its options (passed to the peft config or bottleneck adapter)."""
+
+    method: str = "lora"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataSection(_Section):
+    """Where the data comes from and how it is split across clients."""
+
+    source: Literal["builtin", "csv", "json", "parquet", "disk"] = "builtin"
+    path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    num_examples: int = Field(2400, ge=10)
+    label_noise: float = Field(0.05, ge=0.0, lt=0.5)
+    partition: Literal["iid", "dirichlet"] = "iid"
+    alpha: float = Field(0.5, gt=0.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    min_examples_per_client: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _path_for_files(self) -> DataSection:
+        if self.source != "builtin" and not self.path:
+            raise ValueError(f"data.source = {self.source!r} needs data.path (a file or directory)")
+        return self
+
+
+class FederationSection(_Section):
+    """Clients, rounds, local training and the server strategy."""
+
+    clients: int = Field(4, ge=1, le=100_000)
+    rounds: int = Field(5, ge=1)
+    sample_rate: float = Field(1.0, gt=0.0, le=1.0)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5e-3, gt=0.0)
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    strategy: str = "fedavg"
+    strategy_options: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known_strategy(self) -> FederationSection:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"federation.strategy = {self.strategy!r} is unknown; choose one of "
+                f"{', '.join(STRATEGIES)}"
+            )
+        return self
+
+
+class AggregationSection(_Section):
+    """Aggregation protocol by registry name, with its options."""
+
+    protocol: str = "plain"
+    options: dict[str, Any] = Field(default_factory=dict)
+    key_dir: str | None = None
+
+
+class SampleDPSection(_Section):
+    """Sample-level DP-SGD (per client, via Opacus)."""
+
+    enabled: bool = False
+    epsilon: float | None = Field(None, gt=0.0)
+    noise_multiplier: float | None = Field(None, gt=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    accountant: Literal["rdp", "prv"] = "rdp"
+    max_physical_batch_size: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SampleDPSection:
+        if self.enabled and (self.epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError(
+                "privacy.sample needs exactly one of epsilon (target for the whole job) or "
+                "noise_multiplier"
+            )
+        return self
+
+
+class UserDPSection(_Section):
+    """User-level DP (DP-FedAvg): clip each update, noise the sum."""
+
+    enabled: bool = False
+    clip_norm: float = Field(1.0, gt=0.0)
+    noise_multiplier: float = Field(1.0, ge=0.0)
+    noise: Literal["central", "distributed"] = "central"
+    adaptive_quantile: float | None = Field(None, gt=0.0, lt=1.0)
+    adaptive_lr: float = Field(0.2, gt=0.0)
+
+
+class PrivacySection(_Section):
+    """Privacy settings: delta, budget, and the two DP levels."""
+
+    delta: float = Field(1e-5, gt=0.0, lt=1.0)
+    budget: float | None = Field(None, gt=0.0)
+    sample: SampleDPSection = Field(default_factory=SampleDPSection)
+    user: UserDPSection = Field(default_factory=UserDPSection)
+
+
+class WatermarkSection(_Section):
+    """Adapter watermarking (white-box signatures and black-box triggers)."""
+
+    enabled: bool = False
+    owners: int = Field(1, ge=1)
+    bits: int = Field(64, ge=16, le=256)
+    strength: float = Field(0.1, gt=0.0)
+    margin: float = Field(0.05, ge=0.0)
+    max_grad_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    triggers: int = Field(0, ge=0)
+
+
+class OutputSection(_Section):
+    """Where results go."""
+
+    dir: str = "runs/default"
+    checkpoint_every: int = Field(1, ge=1)
+
+
+class ExperimentConfig(_Section):
+    """A whole experiment file."""
+
+    name: str = "secfed-job"
+    seed: int = 0
+    model: ModelSection = Field(default_factory=ModelSection)
+    adapter: AdapterSection = Field(default_factory=AdapterSection)
+    data: DataSection = Field(default_factory=DataSection)
+    federation: FederationSection = Field(default_factory=FederationSection)
+    aggregation: AggregationSection = Field(default_factory=AggregationSection)
+    privacy: PrivacySection = Field(default_factory=PrivacySection)
+    watermark: WatermarkSection = Field(default_factory=WatermarkSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    def to_toml(self) -> str:
+        """The resolved config as TOML (None values omitted)."""
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    def with_overrides(self, **sections: dict[str, Any]) -> ExperimentConfig:
+        """Copy with some sections' keys replaced, validated again."""
+        data = self.model_dump(mode="python")
+        for section, values in sections.items():
+            if isinstance(data.get(section), dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+        return parse_config(data, source="overrides")
+
+
+def _explain(err: ValidationError, source: str) -> ConfigError:
+    lines = [f"invalid experiment file {source}:"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        kind = e["type"]
+        if kind == "extra_forbidden":
+            lines.append(f"  - unknown key {key!r}: remove it or check its spelling")
+        elif kind == "missing":
+            lines.append(f"  - missing key {key!r}")
+        else:
+            bad = e.get("input")
+            shown = repr(bad) if not isinstance(bad, dict) else "{...}"
+            lines.append(f"  - {key} = {shown}: {e['msg']}")
+    return ConfigError("\n".join(lines))
+
+
+def parse_config(data: dict[str, Any], *, source: str = "<dict>") -> ExperimentConfig:
+    """Validate a parsed TOML mapping."""
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as err:
+        raise _explain(err, source) from None
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate an experiment file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"experiment file {str(p)!r} does not exist: pass the path to a .toml file"
+        )
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{p} is not valid TOML: {err}") from None
+    return parse_config(data, source=str(p))

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import TensorDataset
 
 import crypto
 import models
@@ -28,6 +30,7 @@ from .assembly import JobParts, build_parts, client_dataset
 from .checkpoint import JobState, load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, load_config
 from .errors import ConfigError, ResumeError
+from .plugins import TrainingPlugin
 from .rundir import RunDir, write_json_atomic
 from .strategies import Strategy, create_strategy
 
@@ -69,6 +72,7 @@ class FederatedRunner:
             cfg.aggregation.protocol, **dict(cfg.aggregation.options)
         )
         self.loss_fn = _classification_loss
+        self.plugins: list[TrainingPlugin] = build_plugins(cfg, self.parts)
         initial = models.adapter_vector(self.parts.model).astype(np.float64)
         self.state = JobState(round=0, job_id="", global_vector=initial)
 
@@ -94,6 +98,7 @@ class FederatedRunner:
         self.dir.remove_incomplete_checkpoints()
         self.dir.truncate_metrics(state.round)
         self._setup_keys()
+        self._setup_plugins(resumed=True)
 
     def _setup_keys(self) -> None:
         key_dir = (
@@ -112,6 +117,11 @@ class FederatedRunner:
         self.dir.config.write_text(self.cfg.to_toml())
         self.state.job_id = f"{self.cfg.name}/{self.cfg.seed}/{secrets.token_hex(8)}"
         self._setup_keys()
+        self._setup_plugins(resumed=False)
+
+    def _setup_plugins(self, *, resumed: bool) -> None:
+        for plugin in self.plugins:
+            plugin.setup(run_dir=self.dir.root, model=self.parts.model, resumed=resumed)
 
     def run(self, on_round: RoundCallback | None = None) -> dict[str, Any]:
         """Run the remaining rounds and write the final outputs."""
@@ -138,15 +148,26 @@ class FederatedRunner:
         global_vec = self.state.global_vector
         models.load_adapter_vector(self.parts.model, global_vec.astype(np.float32))
         hooks = [h for h in (self.strategy.client_hook(client_id, global_vec),) if h is not None]
+        extra_grads = [training.vector_grad_hook(hooks)]
+        extra_grads += [p.client_grad_hook(client_id, self.parts.model) for p in self.plugins]
+        dataset = client_dataset(self.parts, self.parts.shards[client_id])
+        extras = [d for p in self.plugins if (d := p.client_examples(client_id)) is not None]
+        if extras:
+            dataset = TensorDataset(
+                *(
+                    torch.cat(ts)
+                    for ts in zip(dataset.tensors, *(e.tensors for e in extras), strict=True)
+                )
+            )
         stats = training.train_local(
             self.parts.model,
-            client_dataset(self.parts, self.parts.shards[client_id]),
+            dataset,
             loss_fn=self.loss_fn,
             epochs=fed.local_epochs,
             batch_size=fed.batch_size,
             lr=fed.lr,
             optimizer=fed.optimizer,
-            extra_grad=training.vector_grad_hook(hooks),
+            extra_grad=training.combine_hooks(extra_grads),
             seed=derive_seed(self.cfg.seed, "train", round_, client_id),
         )
         local = models.adapter_vector(self.parts.model).astype(np.float64)
@@ -255,8 +276,20 @@ class FederatedRunner:
             "bytes_up_per_round": float(np.mean([r["bytes_up"] for r in rows])) if rows else 0.0,
             "threat_model": self.protocol.threat_model().as_dict(),
         }
+        for plugin in self.plugins:
+            summary[plugin.name] = plugin.finish(run_dir=self.dir.root, model=self.parts.model)
         write_json_atomic(self.dir.summary, summary)
         return summary
+
+
+def build_plugins(cfg: ExperimentConfig, parts: JobParts) -> list[TrainingPlugin]:
+    """The training plugins the config enables."""
+    plugins: list[TrainingPlugin] = []
+    if cfg.watermark.enabled:
+        from .watermark_plugin import WatermarkPlugin
+
+        plugins.append(WatermarkPlugin(cfg, parts))
+    return plugins
 
 
 def _classification_loss(model: Any, batch: tuple[Any, ...]) -> Any:

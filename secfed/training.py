@@ -56,6 +56,21 @@ def vector_grad_hook(hooks: list[Callable[[np.ndarray], np.ndarray]]) -> ExtraGr
     return extra_grad
 
 
+def combine_hooks(hooks: list[ExtraGrad | None]) -> ExtraGrad | None:
+    """One ``extra_grad`` calling each non-None hook in turn."""
+    active = [h for h in hooks if h is not None]
+    if not active:
+        return None
+    if len(active) == 1:
+        return active[0]
+
+    def combined(model: torch.nn.Module) -> None:
+        for hook in active:
+            hook(model)
+
+    return combined
+
+
 def make_optimizer(
     params: list[torch.nn.Parameter], *, kind: str, lr: float
 ) -> torch.optim.Optimizer:

@@ -1,0 +1,176 @@
+"""Train a small tokenizer locally (deterministic BPE), with each family's special tokens."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from tokenizers import (
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
+from transformers import PreTrainedTokenizerFast
+
+from .bpe import train_bpe
+from .errors import ModelConfigError
+from .tiny import FAMILIES, MAX_POSITIONS
+
+
+@dataclass(frozen=True)
+class _Specials:
+    """Special tokens of a family; ``order`` fixes their ids 0, 1, 2, ..."""
+
+    order: tuple[str, ...]
+    roles: dict[str, str]
+
+
+_WORDPIECE = _Specials(
+    order=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+    roles={
+        "pad_token": "[PAD]",
+        "unk_token": "[UNK]",
+        "cls_token": "[CLS]",
+        "sep_token": "[SEP]",
+        "mask_token": "[MASK]",
+    },
+)
+
+_SPECIALS: dict[str, _Specials] = {
+    "bert": _WORDPIECE,
+    "distilbert": _WORDPIECE,
+    "roberta": _Specials(
+        order=("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+        roles={
+            "bos_token": "<s>",
+            "cls_token": "<s>",
+            "pad_token": "<pad>",
+            "eos_token": "</s>",
+            "sep_token": "</s>",
+            "unk_token": "<unk>",
+            "mask_token": "<mask>",
+        },
+    ),
+    "gpt2": _Specials(
+        order=("<|endoftext|>", "<pad>"),
+        roles={
+            "bos_token": "<|endoftext|>",
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": "<pad>",
+        },
+    ),
+    "llama": _Specials(
+        order=("<unk>", "<s>", "</s>", "<pad>"),
+        roles={
+            "unk_token": "<unk>",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "pad_token": "<pad>",
+        },
+    ),
+}
+
+
+def _word_counts(texts: Iterable[str], tok: Tokenizer) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    normalizer, pre = tok.normalizer, tok.pre_tokenizer
+    for text in texts:
+        if normalizer is not None:
+            text = normalizer.normalize_str(text)
+        counts.update(word for word, _ in pre.pre_tokenize_str(text))
+    return counts
+
+
+def _wordpiece(texts: Iterable[str], vocab_size: int, specials: _Specials) -> Tokenizer:
+    shell = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    shell.normalizer = normalizers.BertNormalizer(lowercase=True)
+    shell.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    vocab, _ = train_bpe(
+        _word_counts(texts, shell),
+        vocab_size=vocab_size,
+        special_tokens=specials.order,
+        prefix="##",
+    )
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = shell.normalizer
+    tok.pre_tokenizer = shell.pre_tokenizer
+    tok.decoder = decoders.WordPiece()
+    return tok
+
+
+def _byte_bpe(texts: Iterable[str], vocab_size: int, specials: _Specials) -> Tokenizer:
+    shell = Tokenizer(models.BPE())
+    shell.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    vocab, merges = train_bpe(
+        _word_counts(texts, shell),
+        vocab_size=vocab_size,
+        special_tokens=specials.order,
+        alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = shell.pre_tokenizer
+    tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def _special_id(tok: Tokenizer, token: str) -> int:
+    found = tok.token_to_id(token)
+    if found is None:  # the trainer always adds special tokens; guard anyway
+        raise ModelConfigError(f"special token {token!r} missing from the trained vocabulary")
+    return int(found)
+
+
+def _post_processor(family: str, tok: Tokenizer) -> processors.PostProcessor | None:
+    ids = {t: _special_id(tok, t) for t in _SPECIALS[family].order}
+    if family in ("bert", "distilbert"):
+        return processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
+        )
+    if family == "roberta":
+        return processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+    if family == "llama":
+        return processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", ids["<s>"])]
+        )
+    return None  # gpt2 adds no special tokens, as the original does
+
+
+def train_tokenizer(
+    texts: Iterable[str], *, vocab_size: int = 2000, family: str
+) -> PreTrainedTokenizerFast:
+    """Train a tokenizer for ``family`` on ``texts``; the same texts give the same tokenizer.
+
+    bert/distilbert get a lower-casing WordPiece with [PAD]=0 .. [MASK]=4; roberta, gpt2 and
+    llama get a byte-level BPE (never an unknown token) with their usual special tokens and a
+    distinct pad token. Special tokens take the lowest ids.
+    """
+    if family not in FAMILIES:
+        raise ModelConfigError(
+            f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}"
+        )
+    specials = _SPECIALS[family]
+    byte_level = family not in ("bert", "distilbert")
+    floor = len(specials.order) + (256 if byte_level else 0)
+    if vocab_size <= floor:
+        raise ModelConfigError(
+            f"vocab_size={vocab_size} is too small for {family}; use more than {floor}"
+        )
+    build = _byte_bpe if byte_level else _wordpiece
+    tok = build(texts, vocab_size, specials)
+    tok.add_special_tokens(list(specials.order))
+    post = _post_processor(family, tok)
+    if post is not None:
+        tok.post_processor = post
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=MAX_POSITIONS,
+        padding_side="right",
+        **specials.roles,
+    )

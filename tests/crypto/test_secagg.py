@@ -1,0 +1,456 @@
+"""secagg / secagg+: conformance, exact dropout recovery, refusals, encoding and the graph."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crypto import (
+    DropoutError,
+    ParameterError,
+    Protocol,
+    ProtocolError,
+    RoundSpec,
+    create_protocol,
+    fixedpoint,
+    run_round,
+    wire,
+)
+from crypto import secagg_messages as msg
+from crypto.errors import EncodingError
+from crypto.secagg import PairwiseMaskingProtocol
+from crypto.secagg_encoding import pack, unpack_add
+from crypto.secagg_graph import neighbours_of, neighbours_of_one, sparse_params
+from tests.crypto.conformance import ProtocolConformance
+
+OPTS = {"max_weight": 64.0}
+
+
+def _proto(name: str, **opts) -> PairwiseMaskingProtocol:
+    proto = create_protocol(name, **opts)
+    assert isinstance(proto, PairwiseMaskingProtocol)
+    return proto
+
+
+SPARSE = {"neighbours": 4, "threshold": 3, "max_corrupt_fraction": 0.0, "max_weight": 64.0}
+
+
+class TestSecAggConformance(ProtocolConformance):
+    protocol_name = "secagg"
+
+    def make_protocol(self, tmp_path) -> Protocol:
+        return _proto("secagg", **OPTS)
+
+
+class TestSecAggPlusConformance(ProtocolConformance):
+    protocol_name = "secagg+"
+
+    def make_protocol(self, tmp_path) -> Protocol:
+        return _proto("secagg+", **OPTS)
+
+
+class TestSecAggPlusSparseConformance(ProtocolConformance):
+    """A real sparse graph: 12 clients with 4 neighbours each."""
+
+    protocol_name = "secagg+"
+    n_clients = 12
+
+    def make_protocol(self, tmp_path) -> Protocol:
+        proto = _proto("secagg+", **SPARSE)
+        assert not proto.graph_params(self.n_clients).complete
+        return proto
+
+
+# -- helpers ---------------------------------------------------------------------------
+def _inputs(n, dim, seed=0, weight_max=50):
+    rng = np.random.default_rng(seed)
+    vecs = {c: rng.uniform(-1.2, 1.2, dim).astype(np.float32) for c in range(n)}
+    weights = {c: float(rng.integers(1, weight_max)) for c in range(n)}
+    return vecs, weights
+
+
+def _exact(proto, vecs, weights, ids):
+    """The sum the integer arithmetic must reproduce bit for bit."""
+    c = proto.config
+    ints = np.sum(
+        [
+            fixedpoint.encode(
+                vecs[i].astype(np.float64) * weights[i], scale=c.scale, clip=c.clip * weights[i]
+            )
+            for i in ids
+        ],
+        axis=0,
+    )
+    return fixedpoint.decode(ints, scale=c.scale)
+
+
+def _run(name, opts, n, drop, dim=23, seed=0, weight_max=50):
+    proto = _proto(name, **opts)
+    spec = RoundSpec("t", 1, tuple(range(n)), dim)
+    vecs, weights = _inputs(n, dim, seed, weight_max)
+    server = proto.server_session(spec)
+    clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
+    out = run_round(server, clients, drop_at=drop)
+    return proto, out, vecs, weights
+
+
+def _to_stage(proto, spec, vecs, weights, stage):
+    """Run a full cohort up to the server message of ``stage``; returns its pieces."""
+    server = proto.server_session(spec)
+    clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
+    messages = server.start()
+    for _ in range(stage):
+        replies = {c: clients[c].handle(m) for c, m in messages.items()}
+        messages = server.advance(replies).messages
+    return server, clients, messages
+
+
+def _reframe(message, payload):
+    head = wire.peek(message)
+    return wire.frame(
+        protocol=head.protocol,
+        session_id=head.session_id,
+        stage=head.stage,
+        sender=head.sender,
+        payload=payload,
+    )
+
+
+# -- dropouts --------------------------------------------------------------------------
+@pytest.mark.parametrize(("name", "opts", "n"), [("secagg", OPTS, 7), ("secagg+", SPARSE, 12)])
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_dropouts_at_each_stage_are_exact(name, opts, n, stage):
+    proto = _proto(name, **opts)
+    k = proto.max_dropouts(n)
+    assert k >= 2
+    dropped = {c: stage for c in range(1, 1 + k)}
+    proto, out, vecs, weights = _run(name, opts, n, dropped)
+    # Clients dropping at stage 3 (unmasking) already sent their input and count.
+    ids = list(range(n)) if stage == 3 else [c for c in range(n) if c not in dropped]
+    assert out.aggregate.contributors == tuple(ids)
+    assert np.array_equal(out.aggregate.weighted_sum, _exact(proto, vecs, weights, ids))
+    assert out.aggregate.total_weight == sum(weights[c] for c in ids)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_dropout_patterns(data):
+    n = 7
+    proto = _proto("secagg", **OPTS)
+    k = proto.max_dropouts(n)
+    count = data.draw(st.integers(0, k + 2), label="dropouts")
+    who = data.draw(st.lists(st.integers(0, n - 1), min_size=count, max_size=count, unique=True))
+    drop = {c: data.draw(st.integers(0, 3), label=f"stage of {c}") for c in who}
+    if count <= k:
+        proto, out, vecs, weights = _run("secagg", OPTS, n, drop, seed=count)
+        ids = [c for c in range(n) if drop.get(c, 4) >= 3]
+        assert np.array_equal(out.aggregate.weighted_sum, _exact(proto, vecs, weights, ids))
+    else:
+        # Past the tolerance the round either still finishes exactly (enough shares were
+        # revealed before the late dropouts) or fails: never a wrong sum.
+        try:
+            proto, out, vecs, weights = _run("secagg", OPTS, n, drop, seed=count)
+        except DropoutError:
+            return
+        ids = list(out.aggregate.contributors)
+        assert np.array_equal(out.aggregate.weighted_sum, _exact(proto, vecs, weights, ids))
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_below_threshold_fails_clearly(stage):
+    n = 7
+    proto = _proto("secagg", **OPTS)
+    drop = {c: stage for c in range(proto.max_dropouts(n) + 1)}
+    with pytest.raises(DropoutError, match="threshold"):
+        _run("secagg", OPTS, n, drop)
+
+
+def test_key_setup_survives_one_dropout_in_a_sparse_graph():
+    # Flower's SecAgg+ halts when one client drops during key setup; here it only leaves.
+    _, out, _, _ = _run("secagg+", SPARSE, 12, {5: 0, 6: 1})
+    assert 5 not in out.aggregate.contributors and 6 not in out.aggregate.contributors
+    assert len(out.aggregate.contributors) == 10
+
+
+def test_client_left_without_enough_holders_is_excluded_not_fatal(monkeypatch):
+    # Three of one client's four neighbours drop at key setup: past the worst-case tolerance
+    # for that client, so it is excluded; everyone else still aggregates exactly.
+    import crypto.secagg_server as server_mod
+
+    seed = b"g" * 32
+    monkeypatch.setattr(server_mod.secrets, "token_bytes", lambda n: seed[:n])
+    victim = 0
+    nbrs = sorted(neighbours_of(list(range(12)), k=4, seed=seed)[victim])
+    drop = {c: 0 for c in nbrs[:3]}
+    proto, out, vecs, weights = _run("secagg+", SPARSE, 12, drop)
+    ids = [c for c in range(12) if c not in drop and c != victim]
+    assert out.aggregate.contributors == tuple(ids)
+    assert np.array_equal(out.aggregate.weighted_sum, _exact(proto, vecs, weights, ids))
+
+
+# -- refusals and tampering ------------------------------------------------------------
+def _unmask_setup():
+    proto = _proto("secagg", **OPTS)
+    spec = RoundSpec("t", 1, tuple(range(5)), 9)
+    vecs, weights = _inputs(5, 9)
+    return _to_stage(proto, spec, vecs, weights, 3)
+
+
+def test_client_refuses_to_reveal_both_shares_of_a_peer():
+    _, clients, messages = _unmask_setup()
+    survivors, _ = msg.decode_unmask_request(
+        wire.unframe(
+            messages[0], protocol="secagg", session_id=wire.peek(messages[0]).session_id, stage=3
+        )
+    )
+    forged = _reframe(messages[0], msg.encode_unmask_request(survivors, [1]))
+    with pytest.raises(ProtocolError, match="both"):
+        clients[0].handle(forged)
+    with pytest.raises(ProtocolError, match="aborted"):
+        clients[0].handle(messages[0])  # no second chance after a refusal
+
+
+@pytest.mark.parametrize(
+    ("survivors", "dropped", "match"),
+    [
+        ([1, 2, 3, 4], [0], "dropped although"),
+        ([0, 1, 2], [3], "classify exactly"),
+        ([0, 1, 2, 3, 4, 9], [], "classify exactly"),
+    ],
+)
+def test_client_refuses_inconsistent_unmask_requests(survivors, dropped, match):
+    _, clients, messages = _unmask_setup()
+    forged = _reframe(messages[0], msg.encode_unmask_request(survivors, dropped))
+    with pytest.raises(ProtocolError, match=match):
+        clients[0].handle(forged)
+
+
+def test_client_answers_one_unmask_request_only():
+    _, clients, messages = _unmask_setup()
+    clients[2].handle(messages[2])
+    with pytest.raises(ProtocolError):
+        clients[2].handle(messages[2])
+
+
+def test_altered_sealed_share_is_rejected():
+    proto = _proto("secagg", **OPTS)
+    spec = RoundSpec("t", 1, tuple(range(5)), 9)
+    vecs, weights = _inputs(5, 9)
+    _, clients, messages = _to_stage(proto, spec, vecs, weights, 2)
+    raw = bytearray(messages[0])
+    raw[-5] ^= 1
+    with pytest.raises(ProtocolError, match="authentication"):
+        clients[0].handle(bytes(raw))
+
+
+def test_misrouted_sealed_share_is_rejected():
+    proto = _proto("secagg", **OPTS)
+    spec = RoundSpec("t", 1, tuple(range(5)), 9)
+    vecs, weights = _inputs(5, 9)
+    _, clients, messages = _to_stage(proto, spec, vecs, weights, 2)
+    # Deliver client 1's share list to client 0 under client 0's header.
+    body = wire.unframe(messages[1], protocol="secagg", session_id=spec.session_id, stage=2)
+    _, rows = msg.decode_routed(body, with_commit=False)
+    rows = {0 if s == 1 else s: blob for s, blob in rows.items()}
+    forged = _reframe(messages[0], msg.encode_routed(sorted(rows.items())))
+    with pytest.raises(ProtocolError):
+        clients[0].handle(forged)
+
+
+def test_altered_revealed_share_is_detected():
+    proto = _proto("secagg", **OPTS)
+    spec = RoundSpec("t", 1, tuple(range(5)), 9)
+    vecs, weights = _inputs(5, 9)
+    server, clients, messages = _to_stage(proto, spec, vecs, weights, 3)
+    replies = {c: clients[c].handle(m) for c, m in messages.items()}
+    body = wire.unframe(replies[0], protocol="secagg", session_id=spec.session_id, stage=3)
+    shares = msg.decode_reveal(body)
+    rows = [(p, k, (v + 1) % 2**256) for p, (k, v) in sorted(shares.items())]
+    replies[0] = _reframe(replies[0], msg.encode_reveal(rows))
+    with pytest.raises(ProtocolError, match="commitment"):
+        server.advance(replies)
+
+
+def test_mismatched_options_are_caught_at_stage_zero():
+    spec = RoundSpec("t", 1, tuple(range(5)), 9)
+    vecs, weights = _inputs(5, 9)
+    server = _proto("secagg", **OPTS).server_session(spec)
+    client = _proto("secagg", max_weight=64.0, threshold=5).client_session(
+        spec, 0, vecs[0], weights[0]
+    )
+    with pytest.raises(ProtocolError, match="same protocol options"):
+        client.handle(server.start()[0])
+
+
+def test_server_holds_no_client_secret():
+    proto = _proto("secagg", **OPTS)
+    spec = RoundSpec("t", 1, tuple(range(5)), 9)
+    vecs, weights = _inputs(5, 9)
+    server, clients, messages = _to_stage(proto, spec, vecs, weights, 2)
+    secrets_ = set()
+    for c in clients.values():
+        secrets_.add(c._b_seed)
+        secrets_.add(c._s_key.private_bytes_raw())
+        secrets_.add(c._c_key.private_bytes_raw())
+    secret_ints = {int.from_bytes(s, "big") for s in secrets_}
+    secret_ints |= {int.from_bytes(s, "little") for s in secrets_}
+    for _ in range(2):
+        replies = {c: clients[c].handle(m) for c, m in messages.items()}
+        messages = server.advance(replies).messages
+    assert server.aggregate() is not None
+
+    def walk(obj, depth=0):
+        if depth > 6:
+            return
+        if isinstance(obj, bytes | bytearray):
+            assert not any(s in bytes(obj) for s in secrets_)
+        elif isinstance(obj, int):
+            assert obj not in secret_ints
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(k, depth + 1)
+                walk(v, depth + 1)
+        elif isinstance(obj, list | tuple | set | frozenset):
+            for v in obj:
+                walk(v, depth + 1)
+        elif hasattr(obj, "__dict__"):
+            for v in vars(obj).values():
+                walk(v, depth + 1)
+
+    walk(server)
+
+
+# -- encoding --------------------------------------------------------------------------
+def test_overflow_is_refused_with_a_clear_message():
+    proto = _proto("secagg", scale_bits=30, max_weight=4.0)
+    with pytest.raises(EncodingError, match="modulus"):
+        proto.server_session(RoundSpec("t", 1, tuple(range(5)), 9))
+
+
+def test_weight_above_bound_is_refused():
+    proto = _proto("secagg")
+    spec = RoundSpec("t", 1, tuple(range(3)), 4)
+    with pytest.raises(EncodingError, match="max_weight"):
+        proto.client_session(spec, 0, np.zeros(4, np.float32), 2.0)
+
+
+def test_modulus_grows_with_the_cohort_and_bytes_follow():
+    proto = _proto("secagg")
+    small = proto.round_params(RoundSpec("t", 1, tuple(range(4)), 100))
+    large = proto.round_params(RoundSpec("t", 1, tuple(range(300)), 100))
+    assert small.modulus_bits == 24 and large.modulus_bits == 32
+    _, out, _, _ = _run("secagg", {"max_weight": 1.0}, 3, {}, dim=1000, weight_max=2)
+    per_param = (max(out.traffic.bytes_up.values()) - 2000) / 1000
+    assert per_param <= 3.0  # 24-bit masked vectors, plus keys and shares
+
+
+@settings(max_examples=30, deadline=None)
+@given(bits=st.sampled_from([8, 16, 24, 32]), n4=st.integers(0, 50), data=st.data())
+def test_pack_round_trip(bits, n4, data):
+    values = np.array(
+        data.draw(st.lists(st.integers(0, 2**32 - 1), min_size=4 * n4, max_size=4 * n4)),
+        dtype=np.uint32,
+    )
+    acc = np.zeros_like(values)
+    raw = pack(values, bits=bits)
+    assert len(raw) == values.size * bits // 8
+    unpack_add(acc, raw, bits=bits)
+    assert np.array_equal(acc, values & np.uint32(2**bits - 1))
+
+
+def test_integer_dp_noise_passes_through_exactly():
+    # The runner adds noise_int * quantum; with weight 1 the sum moves by exactly that.
+    proto = _proto("secagg", clip=4.0)
+    assert proto.quantum == 2.0**-16
+    n, dim = 4, 50
+    spec = RoundSpec("t", 1, tuple(range(n)), dim)
+    rng = np.random.default_rng(3)
+    base = {c: np.round(rng.uniform(-1, 1, dim) * 2**10) / 2**10 for c in range(n)}
+    noise = {c: rng.integers(-500, 500, dim) for c in range(n)}
+    sums = []
+    for vecs in (base, {c: base[c] + noise[c] * proto.quantum for c in range(n)}):
+        clients = {c: proto.client_session(spec, c, vecs[c], 1.0) for c in range(n)}
+        sums.append(run_round(proto.server_session(spec), clients).aggregate.weighted_sum)
+    assert np.array_equal(sums[1] - sums[0], sum(noise.values()) * proto.quantum)
+
+
+# -- options and graph -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("name", "opts", "match"),
+    [
+        ("secagg", {"neighbours": 4}, "unknown option"),
+        ("secagg", {"clip": -1.0}, "clip"),
+        ("secagg", {"scale_bits": 40}, "scale_bits"),
+        ("secagg", {"max_dropout_fraction": 0.6}, "max_dropout_fraction"),
+        ("secagg", {"max_corrupt_fraction": "a"}, "max_corrupt_fraction"),
+        ("secagg+", {"neighbours": 5}, "even"),
+    ],
+)
+def test_bad_options_raise(name, opts, match):
+    with pytest.raises(ParameterError, match=match):
+        proto = _proto(name, **opts)
+        proto.max_dropouts(50)
+
+
+def test_insecure_threshold_override_is_refused():
+    with pytest.raises(ParameterError, match="corrupt"):
+        _proto("secagg", threshold=2, max_corrupt_fraction=0.4).max_dropouts(10)
+    with pytest.raises(ParameterError, match="secure"):
+        _proto("secagg+", neighbours=4, threshold=3).max_dropouts(100)
+
+
+def test_complete_graph_threshold_rule():
+    proto = _proto("secagg")  # max_dropout_fraction 0.3
+    assert [proto.max_dropouts(n) for n in (1, 2, 5, 10, 100)] == [0, 0, 1, 3, 30]
+    assert proto.graph_params(10).threshold == 7
+
+
+def test_sparse_degree_grows_logarithmically():
+    ks = {n: sparse_params(n, dropout=0.3, corrupt=0.2).neighbours for n in (10**3, 10**5)}
+    assert ks[10**3] < 10**3 / 4
+    assert ks[10**5] < 1.5 * ks[10**3]
+    small = sparse_params(10, dropout=0.3, corrupt=0.2)
+    assert small.complete and small.threshold == 7
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(5, 60), half=st.integers(1, 6), seed=st.binary(min_size=32, max_size=32))
+def test_graph_is_symmetric_regular_and_deterministic(n, half, seed):
+    k = 2 * half
+    cohort = list(range(100, 100 + n))
+    graph = neighbours_of(cohort, k=k, seed=seed)
+    assert graph == neighbours_of(cohort, k=k, seed=seed)
+    for u, nbrs in graph.items():
+        assert u not in nbrs
+        assert len(nbrs) == min(k, n - 1)
+        assert all(u in graph[v] for v in nbrs)
+        assert neighbours_of_one(cohort, u, k=k, seed=seed) == nbrs
+
+
+def test_graph_depends_on_the_published_randomness():
+    cohort = list(range(40))
+    a = neighbours_of(cohort, k=4, seed=b"a" * 32)
+    b = neighbours_of(cohort, k=4, seed=b"b" * 32)
+    assert a != b
+
+
+def test_sparse_round_touches_only_neighbours():
+    proto = _proto("secagg+", **SPARSE)
+    n = 12
+    spec = RoundSpec("t", 1, tuple(range(n)), 5)
+    vecs, weights = _inputs(n, 5)
+    _, _, messages = _to_stage(proto, spec, vecs, weights, 1)
+    for m in messages.values():
+        body = wire.unframe(m, protocol="secagg+", session_id=spec.session_id, stage=1)
+        assert len(msg.decode_peer_keys(body)) == 4
+
+
+def test_threat_model_names_the_collusion_threshold():
+    for name in ("secagg", "secagg+"):
+        tm = _proto(name).threat_model()
+        assert "t or more" in tm.breaks_if
+    assert math.isclose(_proto("secagg", scale_bits=10).quantum, 2**-10)

@@ -19,6 +19,9 @@ from .registry import create_protocol, get_protocol, protocol_names, register
 
 # Protocol modules register themselves on import; keep one line per protocol below.
 # [protocols]
+from . import paillier  # noqa: E402,F401
+from . import ckks  # noqa: E402,F401
+from . import secagg  # noqa: E402,F401
 
 __all__ = [
     "Aggregate",

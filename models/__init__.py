@@ -5,7 +5,21 @@ Never imports ``secfed``, ``crypto`` or ``privacy``.
 
 from __future__ import annotations
 
-from .adapters import DEFAULT_TARGETS, METHODS, VALID_OPTIONS, AdapterSpec, attach_adapter
+from .adapters import (
+    DEFAULT_TARGETS,
+    METHODS,
+    PEFT_METHODS,
+    VALID_OPTIONS,
+    AdapterSpec,
+    attach_adapter,
+)
+from .bottleneck import (
+    BOTTLENECK_METHODS,
+    LAYER_SITES,
+    NON_LINEARITIES,
+    BottleneckConfig,
+    bottleneck_config_of,
+)
 from .errors import (
     AdapterConfigError,
     AdapterStateError,
@@ -20,15 +34,20 @@ from .tokenizer import train_tokenizer
 from .vector import adapter_layout, adapter_size, adapter_vector, load_adapter_vector
 
 __all__ = [
+    "BOTTLENECK_METHODS",
     "CAUSAL_FAMILIES",
     "DEFAULT_TARGETS",
     "FAMILIES",
+    "LAYER_SITES",
     "METHODS",
+    "NON_LINEARITIES",
+    "PEFT_METHODS",
     "TASKS",
     "VALID_OPTIONS",
     "AdapterConfigError",
     "AdapterSpec",
     "AdapterStateError",
+    "BottleneckConfig",
     "ModelConfigError",
     "ModelError",
     "ModelLoadError",
@@ -36,6 +55,7 @@ __all__ = [
     "adapter_size",
     "adapter_vector",
     "attach_adapter",
+    "bottleneck_config_of",
     "build_tiny_model",
     "family_of",
     "load_adapter",

@@ -28,10 +28,17 @@ from peft import (
 from transformers import PreTrainedModel
 
 from ._quiet import quiet
+from .bottleneck import (
+    BOTTLENECK_METHODS,
+    BOTTLENECK_OPTIONS,
+    BottleneckConfig,
+    inject_bottleneck,
+)
 from .errors import AdapterConfigError
 from .tiny import TASKS
 
-METHODS: tuple[str, ...] = ("lora", "prefix_tuning", "prompt_tuning", "ia3")
+PEFT_METHODS: tuple[str, ...] = ("lora", "prefix_tuning", "prompt_tuning", "ia3")
+METHODS: tuple[str, ...] = PEFT_METHODS + BOTTLENECK_METHODS
 
 _PROMPT_DIMS = (
     "token_dim",
@@ -84,6 +91,7 @@ VALID_OPTIONS: dict[str, frozenset[str]] = {
             "modules_to_save",
         }
     ),
+    **BOTTLENECK_OPTIONS,
 }
 
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -130,6 +138,17 @@ DEFAULT_TARGETS: dict[str, _Targets] = {
         lora=("q_lin", "v_lin"), ia3=("k_lin", "v_lin", "lin2"), feedforward=("lin2",)
     ),
     "llama": _LLAMA_TARGETS,
+    "albert": _Targets(
+        lora=("query", "value"), ia3=("key", "value", "ffn_output"), feedforward=("ffn_output",)
+    ),
+    "bart": _Targets(
+        lora=("q_proj", "v_proj"), ia3=("k_proj", "v_proj", "fc2"), feedforward=("fc2",)
+    ),
+    "deberta-v2": _Targets(
+        lora=("query_proj", "value_proj"),
+        ia3=("key_proj", "value_proj", "output.dense"),
+        feedforward=("output.dense",),
+    ),
     "mistral": _LLAMA_TARGETS,
     "qwen2": _LLAMA_TARGETS,
     "qwen3": _LLAMA_TARGETS,
@@ -137,8 +156,33 @@ DEFAULT_TARGETS: dict[str, _Targets] = {
     "gemma2": _LLAMA_TARGETS,
 }
 
-#: Families whose models cannot take past key values, which prefix tuning needs.
-_NO_PREFIX = frozenset({"distilbert"})
+#: Randomly initialised head layers besides peft's "classifier"/"score", trained with it.
+_EXTRA_HEAD: dict[str, tuple[str, ...]] = {
+    "distilbert": ("pre_classifier",),
+    "bart": ("classification_head",),
+    "deberta-v2": ("pooler",),
+}
+
+_NO_PAST = "needs past key values, which {family} models do not support"
+_NO_EMBEDS = "feeds input embeddings, which BartForSequenceClassification refuses"
+
+#: (family, method, task or "*") combinations peft cannot run, and why.
+_UNSUPPORTED: dict[tuple[str, str, str], str] = {
+    ("distilbert", "prefix_tuning", "*"): _NO_PAST,
+    ("albert", "prefix_tuning", "*"): _NO_PAST,
+    ("deberta-v2", "prefix_tuning", "*"): _NO_PAST,
+    ("bart", "prefix_tuning", "classification"): _NO_PAST.replace("models", "classifiers"),
+    ("bart", "prompt_tuning", "classification"): _NO_EMBEDS,
+}
+
+
+def _check_supported(family: str, method: str, task: str) -> None:
+    reason = _UNSUPPORTED.get((family, method, task)) or _UNSUPPORTED.get((family, method, "*"))
+    if reason is not None:
+        raise AdapterConfigError(
+            f"{method} {reason.format(family=family)} (task {task!r}); use lora, ia3 or a "
+            "bottleneck adapter (houlsby, pfeiffer, parallel) instead"
+        )
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -160,7 +204,12 @@ def _check_values(options: Mapping[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """A peft method (``lora``, ``prefix_tuning``, ``prompt_tuning``, ``ia3``) and its options."""
+    """An adapter method and its options.
+
+    peft methods: ``lora``, ``prefix_tuning``, ``prompt_tuning``, ``ia3``; bottleneck
+    adapters (secfed's own, see :mod:`models.bottleneck`): ``houlsby``, ``pfeiffer``,
+    ``parallel`` with ``reduction_factor``, ``non_linearity`` and (parallel) ``scaling``.
+    """
 
     method: str
     options: dict[str, Any] = field(default_factory=dict)
@@ -181,7 +230,10 @@ class AdapterSpec:
                 f"unknown option(s) {', '.join(map(repr, unknown))} for adapter method "
                 f"{self.method!r}; valid options are: {', '.join(sorted(valid))}"
             )
-        _check_values(self.options)
+        if self.method in BOTTLENECK_METHODS:
+            BottleneckConfig.from_options(self.method, dict(self.options), family="")
+        else:
+            _check_values(self.options)
 
 
 def _targets_for(family: str, method: str) -> _Targets:
@@ -198,6 +250,10 @@ def peft_config(spec: AdapterSpec, *, family: str, task: str, model: PreTrainedM
     """The peft config for ``spec`` on ``model``, with family defaults filled in."""
     if task not in TASKS:
         raise AdapterConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if spec.method not in _CONFIGS:
+        raise AdapterConfigError(
+            f"{spec.method} is not a peft method; attach it with attach_adapter"
+        )
     opts: dict[str, Any] = {**_DEFAULTS[spec.method], **spec.options}
     if spec.method in ("lora", "ia3") and "target_modules" not in opts:
         targets = _targets_for(family, spec.method)
@@ -207,12 +263,8 @@ def peft_config(spec: AdapterSpec, *, family: str, task: str, model: PreTrainedM
             opts["target_modules"] = list(targets.ia3)
             opts.setdefault("feedforward_modules", list(targets.feedforward))
         opts.setdefault("fan_in_fan_out", targets.conv1d)
+    _check_supported(family, spec.method, task)
     if spec.method in ("prefix_tuning", "prompt_tuning"):
-        if spec.method == "prefix_tuning" and family in _NO_PREFIX:
-            raise AdapterConfigError(
-                f"prefix_tuning needs past key values, which {family} models do not support; "
-                "use lora, ia3 or prompt_tuning"
-            )
         # peft reads these from config.to_dict(), which lacks aliased names (DistilBERT's dim).
         cfg = model.config
         for option, attr in (
@@ -222,13 +274,36 @@ def peft_config(spec: AdapterSpec, *, family: str, task: str, model: PreTrainedM
         ):
             if option not in opts and getattr(cfg, attr, None) is not None:
                 opts[option] = getattr(cfg, attr)
-    if task == "classification" and family == "distilbert" and "modules_to_save" not in opts:
-        opts["modules_to_save"] = ["pre_classifier"]  # peft adds "classifier" itself
+    if task == "classification" and family in _EXTRA_HEAD and "modules_to_save" not in opts:
+        opts["modules_to_save"] = list(_EXTRA_HEAD[family])
     task_type = TaskType.SEQ_CLS if task == "classification" else TaskType.CAUSAL_LM
     try:
         return _CONFIGS[spec.method](task_type=task_type, **opts)
     except (TypeError, ValueError) as exc:
         raise AdapterConfigError(f"invalid options for {spec.method}: {exc}") from exc
+
+
+#: Classification-head modules trained with a bottleneck adapter (peft's defaults + extras).
+_HEADS = frozenset({"classifier", "score", "classification_head"})
+
+
+def _attach_bottleneck(
+    model: PreTrainedModel, spec: AdapterSpec, *, family: str, task: str, seed: int | None
+) -> PreTrainedModel:
+    if task not in TASKS:
+        raise AdapterConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    config = BottleneckConfig.from_options(spec.method, dict(spec.options), family=family)
+    model.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        inject_bottleneck(model, config)
+    if task == "classification":
+        heads = _HEADS | set(_EXTRA_HEAD.get(family, ()))
+        for name, module in model.named_children():
+            if name in heads:
+                module.requires_grad_(True)
+    return model
 
 
 def attach_adapter(
@@ -238,13 +313,17 @@ def attach_adapter(
     family: str,
     task: str,
     seed: int | None = None,
-) -> PeftModel:
-    """Wrap ``model`` with the adapter described by ``spec``; only adapter state is trainable.
+) -> PeftModel | PreTrainedModel:
+    """Add the adapter described by ``spec`` to ``model``; only adapter state is trainable.
 
     ``family`` picks default target modules (a model's ``config.model_type`` works too).
     With ``seed`` the adapter's random initialisation is reproducible and the caller's
-    global RNG state is left untouched. The base model is modified in place by peft.
+    global RNG state is left untouched. peft methods return a ``PeftModel`` (the base is
+    modified in place by peft); bottleneck methods return ``model`` itself, with the
+    adapters added in place, the base frozen and, for classification, the head trainable.
     """
+    if spec.method in BOTTLENECK_METHODS:
+        return _attach_bottleneck(model, spec, family=family, task=task, seed=seed)
     config = peft_config(spec, family=family, task=task, model=model)
     with torch.random.fork_rng(devices=[]), quiet():
         if seed is not None:

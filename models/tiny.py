@@ -12,25 +12,41 @@ from typing import Any
 
 import torch
 from transformers import (
+    AlbertConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
+    BartConfig,
     BertConfig,
+    DebertaV2Config,
     DistilBertConfig,
     GPT2Config,
     LlamaConfig,
     PretrainedConfig,
     PreTrainedModel,
+    Qwen2Config,
     RobertaConfig,
 )
 
 from ._quiet import quiet
 from .errors import ModelConfigError
 
-FAMILIES: tuple[str, ...] = ("gpt2", "bert", "roberta", "distilbert", "llama")
+#: Family names are the models' ``config.model_type`` (so ``family_of(model)`` round-trips).
+FAMILIES: tuple[str, ...] = (
+    "gpt2",
+    "bert",
+    "roberta",
+    "distilbert",
+    "llama",
+    "albert",
+    "bart",
+    "deberta-v2",
+    "qwen2",
+)
 TASKS: tuple[str, ...] = ("classification", "causal_lm")
 
-#: Families with a causal language-model head (bert/roberta run as decoders).
-CAUSAL_FAMILIES: tuple[str, ...] = ("gpt2", "bert", "roberta", "llama")
+#: Families with a causal language-model head (bert/roberta run as decoders, bart as
+#: BartForCausalLM: its decoder stack alone).
+CAUSAL_FAMILIES: tuple[str, ...] = ("gpt2", "bert", "roberta", "llama", "qwen2", "bart")
 
 HIDDEN = 64
 LAYERS = 2
@@ -91,12 +107,73 @@ def _llama(common: dict[str, Any]) -> PretrainedConfig:
     )
 
 
+def _albert(common: dict[str, Any]) -> PretrainedConfig:
+    return AlbertConfig(
+        embedding_size=HIDDEN,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=2 * HIDDEN,
+        max_position_embeddings=MAX_POSITIONS,
+        **common,
+    )
+
+
+def _bart(common: dict[str, Any]) -> PretrainedConfig:
+    # BART starts decoding from eos, as the original checkpoints do.
+    return BartConfig(
+        d_model=HIDDEN,
+        encoder_layers=LAYERS,
+        decoder_layers=LAYERS,
+        encoder_attention_heads=HEADS,
+        decoder_attention_heads=HEADS,
+        encoder_ffn_dim=2 * HIDDEN,
+        decoder_ffn_dim=2 * HIDDEN,
+        max_position_embeddings=MAX_POSITIONS,
+        decoder_start_token_id=common["eos_token_id"],
+        forced_eos_token_id=None,
+        **common,
+    )
+
+
+def _deberta_v2(common: dict[str, Any]) -> PretrainedConfig:
+    return DebertaV2Config(  # type: ignore[call-arg]
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        intermediate_size=2 * HIDDEN,
+        max_position_embeddings=MAX_POSITIONS,
+        relative_attention=True,
+        position_buckets=32,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        **common,
+    )
+
+
+def _qwen2(common: dict[str, Any]) -> PretrainedConfig:
+    return Qwen2Config(
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=2 * HIDDEN,
+        max_position_embeddings=MAX_POSITIONS,
+        tie_word_embeddings=True,
+        **common,
+    )
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any]], PretrainedConfig]] = {
     "gpt2": _gpt2,
     "bert": _bert,
     "roberta": _roberta,
     "distilbert": _distilbert,
     "llama": _llama,
+    "albert": _albert,
+    "bart": _bart,
+    "deberta-v2": _deberta_v2,
+    "qwen2": _qwen2,
 }
 
 
@@ -135,6 +212,11 @@ def tiny_config(
                 f"{name}_token_id={value} is outside the vocabulary [0, {vocab_size}); "
                 "pass the tokenizer's id for that token"
             )
+    if family == "bart" and eos_token_id is None:
+        raise ModelConfigError(
+            "bart needs eos_token_id (it classifies from the last eos token and starts decoding "
+            "from it); pass the tokenizer's eos_token_id"
+        )
     if task == "classification" and num_labels < 1:
         raise ModelConfigError(f"num_labels={num_labels} must be at least 1")
     common: dict[str, Any] = {

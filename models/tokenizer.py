@@ -40,19 +40,50 @@ _WORDPIECE = _Specials(
     },
 )
 
+_ROBERTA = _Specials(
+    order=("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+    roles={
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "pad_token": "<pad>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+    },
+)
+
 _SPECIALS: dict[str, _Specials] = {
     "bert": _WORDPIECE,
     "distilbert": _WORDPIECE,
-    "roberta": _Specials(
-        order=("<s>", "<pad>", "</s>", "<unk>", "<mask>"),
+    "roberta": _ROBERTA,
+    "bart": _ROBERTA,
+    "albert": _Specials(
+        order=("<pad>", "<unk>", "[CLS]", "[SEP]", "[MASK]"),
         roles={
-            "bos_token": "<s>",
-            "cls_token": "<s>",
             "pad_token": "<pad>",
-            "eos_token": "</s>",
-            "sep_token": "</s>",
             "unk_token": "<unk>",
-            "mask_token": "<mask>",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "mask_token": "[MASK]",
+        },
+    ),
+    "deberta-v2": _Specials(
+        order=("[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"),
+        roles={
+            "pad_token": "[PAD]",
+            "cls_token": "[CLS]",
+            "sep_token": "[SEP]",
+            "unk_token": "[UNK]",
+            "mask_token": "[MASK]",
+        },
+    ),
+    "qwen2": _Specials(
+        order=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"),
+        roles={
+            "eos_token": "<|endoftext|>",
+            "unk_token": "<|endoftext|>",
+            "pad_token": "<pad>",
         },
     ),
     "gpt2": _Specials(
@@ -86,8 +117,13 @@ def _word_counts(texts: Iterable[str], tok: Tokenizer) -> Counter[str]:
     return counts
 
 
+#: Families with a lower-casing WordPiece; every other family gets a byte-level BPE.
+_WORDPIECE_FAMILIES = frozenset({"bert", "distilbert", "albert"})
+
+
 def _wordpiece(texts: Iterable[str], vocab_size: int, specials: _Specials) -> Tokenizer:
-    shell = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    unk = specials.roles["unk_token"]
+    shell = Tokenizer(models.WordPiece(unk_token=unk))
     shell.normalizer = normalizers.BertNormalizer(lowercase=True)
     shell.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     vocab, _ = train_bpe(
@@ -96,7 +132,7 @@ def _wordpiece(texts: Iterable[str], vocab_size: int, specials: _Specials) -> To
         special_tokens=specials.order,
         prefix="##",
     )
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk))
     tok.normalizer = shell.normalizer
     tok.pre_tokenizer = shell.pre_tokenizer
     tok.decoder = decoders.WordPiece()
@@ -127,19 +163,19 @@ def _special_id(tok: Tokenizer, token: str) -> int:
 
 def _post_processor(family: str, tok: Tokenizer) -> processors.PostProcessor | None:
     ids = {t: _special_id(tok, t) for t in _SPECIALS[family].order}
-    if family in ("bert", "distilbert"):
+    if family in ("bert", "distilbert", "albert", "deberta-v2"):
         return processors.TemplateProcessing(
             single="[CLS] $A [SEP]",
             pair="[CLS] $A [SEP] $B:1 [SEP]:1",
             special_tokens=[("[CLS]", ids["[CLS]"]), ("[SEP]", ids["[SEP]"])],
         )
-    if family == "roberta":
+    if family in ("roberta", "bart"):
         return processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
     if family == "llama":
         return processors.TemplateProcessing(
             single="<s> $A", pair="<s> $A <s> $B:1", special_tokens=[("<s>", ids["<s>"])]
         )
-    return None  # gpt2 adds no special tokens, as the original does
+    return None  # gpt2 and qwen2 add no special tokens, as the originals do
 
 
 def train_tokenizer(
@@ -147,16 +183,17 @@ def train_tokenizer(
 ) -> PreTrainedTokenizerFast:
     """Train a tokenizer for ``family`` on ``texts``; the same texts give the same tokenizer.
 
-    bert/distilbert get a lower-casing WordPiece with [PAD]=0 .. [MASK]=4; roberta, gpt2 and
-    llama get a byte-level BPE (never an unknown token) with their usual special tokens and a
-    distinct pad token. Special tokens take the lowest ids.
+    bert/distilbert/albert get a lower-casing WordPiece; roberta, bart, deberta-v2, gpt2,
+    llama and qwen2 get a byte-level BPE (never an unknown token). Each gets its family's
+    usual special tokens (plus a pad token distinct from eos), at the lowest ids, and its
+    family's template ([CLS] .. [SEP], <s> .. </s>, or none for gpt2/qwen2).
     """
     if family not in FAMILIES:
         raise ModelConfigError(
             f"unknown model family {family!r}; choose one of {', '.join(FAMILIES)}"
         )
     specials = _SPECIALS[family]
-    byte_level = family not in ("bert", "distilbert")
+    byte_level = family not in _WORDPIECE_FAMILIES
     floor = len(specials.order) + (256 if byte_level else 0)
     if vocab_size <= floor:
         raise ModelConfigError(

@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 
 from models import (
-    METHODS,
+    PEFT_METHODS,
     AdapterConfigError,
     AdapterSpec,
     AdapterStateError,
@@ -36,9 +36,11 @@ def make(family: str, task: str, method: str, *, seed: int = 0) -> PeftModel:
     base = build_tiny_model(
         family, task=task, vocab_size=VOCAB, seed=seed, pad_token_id=1 if family == "roberta" else 0
     )
-    return attach_adapter(
+    model = attach_adapter(
         base, AdapterSpec(method, dict(SMALL[method])), family=family, task=task, seed=seed
     )
+    assert isinstance(model, PeftModel)
+    return model
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:
@@ -49,7 +51,7 @@ def logits(model: torch.nn.Module) -> torch.Tensor:
         return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PEFT_METHODS)
 @pytest.mark.parametrize(("family", "task"), TARGETS)
 def test_vector_round_trip_covers_exactly_the_trainable_state(
     family: str, task: str, method: str
@@ -73,7 +75,7 @@ def test_vector_round_trip_covers_exactly_the_trainable_state(
     torch.testing.assert_close(logits(model), before, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PEFT_METHODS)
 @pytest.mark.parametrize("family", ["bert", "gpt2", "llama", "roberta"])
 def test_classifier_head_is_part_of_the_adapter_state(family: str, method: str) -> None:
     model = make(family, "classification", method)

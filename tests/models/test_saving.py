@@ -11,7 +11,7 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from models import (
-    METHODS,
+    PEFT_METHODS,
     AdapterSpec,
     ModelLoadError,
     adapter_vector,
@@ -47,12 +47,13 @@ def perturbed(family: str, task: str, method: str) -> PeftModel:
     model = attach_adapter(
         base(family, task), AdapterSpec(method, SMALL[method]), family=family, task=task, seed=0
     )
+    assert isinstance(model, PeftModel)
     vec = adapter_vector(model)
     load_adapter_vector(model, np.random.default_rng(3).normal(0, 0.3, vec.shape))
     return model
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PEFT_METHODS)
 @pytest.mark.parametrize(("family", "task"), [("bert", "classification"), ("gpt2", "causal_lm")])
 def test_saved_adapter_reloads_with_identical_outputs(
     tmp_path: Path, family: str, task: str, method: str

@@ -65,9 +65,14 @@ def _peft_types(model: torch.nn.Module) -> dict[str, str]:
 
 
 def _active_adapters(model: torch.nn.Module) -> set[str] | None:
+    if getattr(model, "peft_config", None) is None:
+        return None  # not a peft model (e.g. bottleneck adapters injected in place)
     active = getattr(model, "active_adapters", None)
     if callable(active):
-        active = active()
+        try:
+            active = active()
+        except ValueError:  # transformers raises this when no peft adapter is loaded
+            return None
     if isinstance(active, str):
         return {active}
     if isinstance(active, (list, tuple, set)):

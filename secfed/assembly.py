@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from peft import PeftModel
 from torch.utils.data import TensorDataset
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 import models
 
@@ -27,16 +27,21 @@ PUBLIC_CORPUS_SEED = 10_007
 class JobParts:
     """Everything a round needs that is rebuilt identically on resume."""
 
-    model: PeftModel
+    model: PeftModel | PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     data: TextDataset
     shards: list[ClientShard]
     encoded: TensorDataset
     test_set: TensorDataset
     family: str
+    test_records: list[tuple[str, str]] | None = None
 
 
 def _tokenizer_corpus(cfg: ExperimentConfig, data: TextDataset) -> list[str]:
+    if cfg.data.source == "sft_builtin":
+        from .sft import generate_sft_task
+
+        return [p + r for p, r in generate_sft_task(num_examples=2000, seed=PUBLIC_CORPUS_SEED)]
     if cfg.data.source == "builtin":
         texts, _ = builtin_task.generate(num_examples=2000, seed=PUBLIC_CORPUS_SEED)
         return texts
@@ -86,10 +91,17 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
         )
     spec = models.AdapterSpec(cfg.adapter.method, dict(cfg.adapter.options))
     model = models.attach_adapter(base, spec, family=family, task=cfg.model.task, seed=cfg.seed)
-    encoded = encode(tokenizer, data, max_length=cfg.model.max_length)
     test_idx = np.concatenate([s.test for s in shards]) if shards else np.array([], dtype=int)
+    test_records = None
+    if data.records is not None:
+        from .sft import encode_sft
+
+        encoded = encode_sft(tokenizer, data.records, max_length=cfg.model.max_length)
+        test_records = [data.records[i] for i in test_idx]
+    else:
+        encoded = encode(tokenizer, data, max_length=cfg.model.max_length)
     test_set = TensorDataset(*(t[torch.as_tensor(test_idx)] for t in encoded.tensors))
-    return JobParts(model, tokenizer, data, shards, encoded, test_set, family)
+    return JobParts(model, tokenizer, data, shards, encoded, test_set, family, test_records)
 
 
 def client_dataset(parts: JobParts, shard: ClientShard) -> TensorDataset:

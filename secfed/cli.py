@@ -61,6 +61,11 @@ def run(
             runner = FederatedRunner.resume(resume)
         elif job is not None:
             cfg = load_config(job)
+            if cfg.model.path is None:
+                # Built-in tiny models run fastest on one thread (no contention between ops).
+                import torch
+
+                torch.set_num_threads(1)
             runner = FederatedRunner(cfg, out or Path(cfg.output.dir))
         else:
             raise SecfedError("give an experiment file (secfed run JOB.toml) or --resume RUN_DIR")

@@ -43,7 +43,9 @@ class AdapterSection(_Section):
 class DataSection(_Section):
     """Where the data comes from and how it is split across clients."""
 
-    source: Literal["builtin", "csv", "json", "parquet", "disk"] = "builtin"
+    source: Literal["builtin", "csv", "json", "parquet", "disk", "sft_builtin", "sft_json"] = (
+        "builtin"
+    )
     path: str | None = None
     text_column: str = "text"
     label_column: str = "label"
@@ -53,10 +55,14 @@ class DataSection(_Section):
     alpha: float = Field(0.5, gt=0.0)
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     min_examples_per_client: int = Field(8, ge=1)
+    prompt_key: str = "prompt"
+    response_key: str = "response"
+    eval_generate: int = Field(32, ge=0)
+    max_new_tokens: int = Field(8, ge=1)
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataSection:
-        if self.source != "builtin" and not self.path:
+        if self.source not in ("builtin", "sft_builtin") and not self.path:
             raise ValueError(f"data.source = {self.source!r} needs data.path (a file or directory)")
         return self
 
@@ -121,13 +127,30 @@ class UserDPSection(_Section):
     noise: Literal["central", "distributed"] = "central"
     adaptive_quantile: float | None = Field(None, gt=0.0, lt=1.0)
     adaptive_lr: float = Field(0.2, gt=0.0)
+    adaptive_count_noise: float | None = Field(None, ge=0.0)
+
+    @model_validator(mode="after")
+    def _adaptive_needs_central(self) -> UserDPSection:
+        if self.enabled and self.adaptive_quantile is not None and self.noise != "central":
+            raise ValueError(
+                "privacy.user.adaptive_quantile works with noise = 'central' only: the clipped "
+                "count is noised by the party that reads the aggregate"
+            )
+        return self
 
 
 class PrivacySection(_Section):
-    """Privacy settings: delta, budget, and the two DP levels."""
+    """Privacy settings: delta, budget, and the two DP levels.
+
+    ``budget`` is the per-client sample-level epsilon enforced over the whole job (default:
+    ``sample.epsilon``). ``deterministic_noise`` derives DP noise from the job seed so runs
+    repeat bit for bit; anyone who knows the seed can then predict (and remove) the noise,
+    so it is for tests and debugging only.
+    """
 
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
     budget: float | None = Field(None, gt=0.0)
+    deterministic_noise: bool = False
     sample: SampleDPSection = Field(default_factory=SampleDPSection)
     user: UserDPSection = Field(default_factory=UserDPSection)
 
@@ -137,8 +160,8 @@ class WatermarkSection(_Section):
 
     enabled: bool = False
     owners: int = Field(1, ge=1)
-    bits: int = Field(64, ge=16, le=256)
-    strength: float = Field(0.1, gt=0.0)
+    bits: int = Field(64, ge=64, le=256)
+    strength: float = Field(10.0, gt=0.0)
     margin: float = Field(0.05, ge=0.0)
     max_grad_fraction: float = Field(0.5, gt=0.0, le=1.0)
     triggers: int = Field(0, ge=0)
@@ -164,6 +187,19 @@ class ExperimentConfig(_Section):
     privacy: PrivacySection = Field(default_factory=PrivacySection)
     watermark: WatermarkSection = Field(default_factory=WatermarkSection)
     output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="after")
+    def _task_matches_data(self) -> ExperimentConfig:
+        sft = self.data.source.startswith("sft_")
+        if sft != (self.model.task == "causal_lm"):
+            raise ValueError(
+                f"data.source = {self.data.source!r} does not fit model.task = "
+                f"{self.model.task!r}: use sft_builtin / sft_json with causal_lm, the others "
+                "with classification"
+            )
+        if sft and self.data.partition != "iid":
+            raise ValueError("instruction data has no labels: use data.partition = 'iid'")
+        return self
 
     def to_toml(self) -> str:
         """The resolved config as TOML (None values omitted)."""

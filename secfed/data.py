@@ -19,6 +19,7 @@ class TextDataset:
 
     texts: list[str]
     labels: list[int]
+    records: list[tuple[str, str]] | None = None  # (prompt, response) for causal-LM SFT
 
     @property
     def num_labels(self) -> int:
@@ -70,6 +71,16 @@ def _load_hf(cfg: DataSection) -> TextDataset:
 
 def load_dataset(cfg: DataSection, *, seed: int) -> TextDataset:
     """The job's examples, deterministic for the same config and seed."""
+    if cfg.source in ("sft_builtin", "sft_json"):
+        from .sft import generate_sft_task, load_sft_records
+
+        if cfg.source == "sft_builtin":
+            records = generate_sft_task(num_examples=cfg.num_examples, seed=seed)
+        else:
+            records = load_sft_records(
+                cfg.path or "", prompt_key=cfg.prompt_key, response_key=cfg.response_key
+            )
+        return TextDataset([p + r for p, r in records], [0] * len(records), records)
     if cfg.source == "builtin":
         texts, labels = builtin_task.generate(
             num_examples=cfg.num_examples, seed=seed, label_noise=cfg.label_noise

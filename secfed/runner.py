@@ -24,14 +24,17 @@ from torch.utils.data import TensorDataset
 
 import crypto
 import models
+import privacy
 
 from . import training
 from .assembly import JobParts, build_parts, client_dataset
 from .checkpoint import JobState, load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, load_config
+from .dp import SampleLevelDP, UserLevelDP, protocol_options_for_dp
 from .errors import ConfigError, ResumeError
 from .plugins import TrainingPlugin
 from .rundir import RunDir, write_json_atomic
+from .sft import evaluate_sft, sft_loss
 from .strategies import Strategy, create_strategy
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,7 @@ class ClientResult:
     steps: int
     loss: float
     seconds: float
+    unclipped: bool = True
 
 
 class FederatedRunner:
@@ -69,12 +73,17 @@ class FederatedRunner:
             cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
         )
         self.protocol = crypto.create_protocol(
-            cfg.aggregation.protocol, **dict(cfg.aggregation.options)
+            cfg.aggregation.protocol, **protocol_options_for_dp(cfg)
         )
-        self.loss_fn = _classification_loss
+        self.loss_fn = _classification_loss if cfg.model.task == "classification" else sft_loss
         self.plugins: list[TrainingPlugin] = build_plugins(cfg, self.parts)
+        self.sample_dp: SampleLevelDP | None = None
+        if cfg.privacy.sample.enabled:
+            privacy.check_dp_support(self.parts.model)
+        self.user_dp = UserLevelDP(cfg, self.protocol) if cfg.privacy.user.enabled else None
         initial = models.adapter_vector(self.parts.model).astype(np.float64)
         self.state = JobState(round=0, job_id="", global_vector=initial)
+        self.stopped_early: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
@@ -99,6 +108,10 @@ class FederatedRunner:
         self.dir.truncate_metrics(state.round)
         self._setup_keys()
         self._setup_plugins(resumed=True)
+        if self.sample_dp is not None:
+            self.sample_dp.load_state_dict(state.privacy["sample"])
+        if self.user_dp is not None:
+            self.user_dp.load_state_dict(state.privacy["user"])
 
     def _setup_keys(self) -> None:
         key_dir = (
@@ -122,12 +135,24 @@ class FederatedRunner:
     def _setup_plugins(self, *, resumed: bool) -> None:
         for plugin in self.plugins:
             plugin.setup(run_dir=self.dir.root, model=self.parts.model, resumed=resumed)
+        if self.cfg.privacy.sample.enabled:
+            # Sizes include plugin examples (known only once plugins hold their keys).
+            sizes = {cid: len(self.client_data(cid)) for cid in range(self.cfg.federation.clients)}
+            self.sample_dp = SampleLevelDP(self.cfg, sizes)
 
     def run(self, on_round: RoundCallback | None = None) -> dict[str, Any]:
         """Run the remaining rounds and write the final outputs."""
         if not self.state.job_id:
             self.start()
         for round_ in range(self.state.round + 1, self.cfg.federation.rounds + 1):
+            if self.sample_dp is not None and self.sample_dp.exhausted():
+                log.warning(
+                    "privacy budget exhausted for every client after round %d: ending the job "
+                    "early, results kept",
+                    self.state.round,
+                )
+                self.stopped_early = f"privacy budget exhausted after round {self.state.round}"
+                break
             record = self.run_round(round_)
             if on_round is not None:
                 on_round(record)
@@ -141,6 +166,33 @@ class FederatedRunner:
         chosen = [c for c in range(n) if rng.random() < rate]
         return chosen or [int(rng.integers(n))]
 
+    def client_data(self, client_id: int) -> TensorDataset:
+        """The client's training examples, plus any a plugin adds (e.g. watermark triggers)."""
+        dataset = client_dataset(self.parts, self.parts.shards[client_id])
+        extras = [d for p in self.plugins if (d := p.client_examples(client_id)) is not None]
+        if not extras:
+            return dataset
+        return TensorDataset(
+            *(
+                torch.cat(ts)
+                for ts in zip(dataset.tensors, *(e.tensors for e in extras), strict=True)
+            )
+        )
+
+    @property
+    def max_client_examples(self) -> int:
+        """Size of the largest client dataset (the FedAvg weight scale)."""
+        if not hasattr(self, "_max_examples"):
+            n = self.cfg.federation.clients
+            self._max_examples = max(len(self.client_data(c)) for c in range(n))
+        return self._max_examples
+
+    def noise_rng(self, *parts: int | str) -> np.random.Generator:
+        """DP noise generator: unpredictable unless privacy.deterministic_noise is set."""
+        if self.cfg.privacy.deterministic_noise:
+            return np.random.default_rng(derive_seed(self.cfg.seed, "noise", *parts))
+        return privacy.make_noise_rng()
+
     def train_client(self, round_: int, client_id: int) -> ClientResult:
         """Local training of one client from the current global adapter."""
         t0 = time.perf_counter()
@@ -150,33 +202,55 @@ class FederatedRunner:
         hooks = [h for h in (self.strategy.client_hook(client_id, global_vec),) if h is not None]
         extra_grads = [training.vector_grad_hook(hooks)]
         extra_grads += [p.client_grad_hook(client_id, self.parts.model) for p in self.plugins]
-        dataset = client_dataset(self.parts, self.parts.shards[client_id])
-        extras = [d for p in self.plugins if (d := p.client_examples(client_id)) is not None]
-        if extras:
-            dataset = TensorDataset(
-                *(
-                    torch.cat(ts)
-                    for ts in zip(dataset.tensors, *(e.tensors for e in extras), strict=True)
-                )
+        extra_grad = training.combine_hooks(extra_grads)
+        dataset = self.client_data(client_id)
+        seed = derive_seed(self.cfg.seed, "train", round_, client_id)
+        if self.sample_dp is not None:
+            s = self.cfg.privacy.sample
+            self.parts.model.train()
+            torch.manual_seed(seed)  # dropout; DP noise and sampling use their own generators
+            pstats = privacy.train_private(
+                self.parts.model,
+                dataset,
+                loss_fn=self.loss_fn,
+                epochs=fed.local_epochs,
+                batch_size=fed.batch_size,
+                lr=fed.lr,
+                optimizer=fed.optimizer,
+                noise_multiplier=self.sample_dp.noise[client_id],
+                max_grad_norm=s.max_grad_norm,
+                accountant=self.sample_dp.ledger.accountant(client_id),
+                max_physical_batch_size=s.max_physical_batch_size,
+                extra_grad=extra_grad,
+                seed=seed if self.cfg.privacy.deterministic_noise else None,
             )
-        stats = training.train_local(
-            self.parts.model,
-            dataset,
-            loss_fn=self.loss_fn,
-            epochs=fed.local_epochs,
-            batch_size=fed.batch_size,
-            lr=fed.lr,
-            optimizer=fed.optimizer,
-            extra_grad=training.combine_hooks(extra_grads),
-            seed=derive_seed(self.cfg.seed, "train", round_, client_id),
-        )
+            self.sample_dp.ledger.record(client_id, round=round_)
+            steps, loss = pstats.steps, pstats.mean_loss
+        else:
+            stats = training.train_local(
+                self.parts.model,
+                dataset,
+                loss_fn=self.loss_fn,
+                epochs=fed.local_epochs,
+                batch_size=fed.batch_size,
+                lr=fed.lr,
+                optimizer=fed.optimizer,
+                extra_grad=extra_grad,
+                seed=seed,
+            )
+            steps, loss = stats.steps, stats.mean_loss
         local = models.adapter_vector(self.parts.model).astype(np.float64)
-        payload = self.strategy.client_payload(
-            client_id, global_vec, local, steps=stats.steps, lr=fed.lr
-        )
-        weight = float(len(self.parts.shards[client_id].train))
+        payload = self.strategy.client_payload(client_id, global_vec, local, steps=steps, lr=fed.lr)
+        # FedAvg weight: examples held, scaled by the largest client so weights lie in (0, 1]
+        # (the scale cancels in the weighted mean and keeps integer encodings small).
+        weight = len(dataset) / self.max_client_examples
+        unclipped = True
+        if self.user_dp is not None:
+            payload, clipped = self.user_dp.clip(payload)
+            unclipped = not clipped
+            weight = 1.0  # DP-FedAvg: uniform weights, so one client's influence is bounded
         return ClientResult(
-            client_id, payload, weight, stats.steps, stats.mean_loss, time.perf_counter() - t0
+            client_id, payload, weight, steps, loss, time.perf_counter() - t0, unclipped
         )
 
     def aggregate(self, round_: int, results: list[ClientResult]) -> crypto.RoundOutcome:
@@ -189,16 +263,22 @@ class FederatedRunner:
             dim=dim,
         )
         server = self.protocol.server_session(spec)
-        clients = {
-            r.client_id: self.protocol.client_session(spec, r.client_id, r.payload, r.weight)
-            for r in results
-        }
+        clients = {}
+        for r in results:
+            vector = r.payload
+            if self.user_dp is not None:
+                rng = self.noise_rng("client", round_, r.client_id)
+                vector = vector + self.user_dp.client_noise(dim, cohort=len(results), rng=rng)
+            clients[r.client_id] = self.protocol.client_session(spec, r.client_id, vector, r.weight)
         return crypto.run_round(server, clients)
 
     def run_round(self, round_: int) -> dict[str, Any]:
         """Train, aggregate, update, evaluate and checkpoint one round."""
         t_round = time.perf_counter()
-        cohort = self.sample_cohort(round_)
+        sampled = self.sample_cohort(round_)
+        cohort = self.sample_dp.admit(round_, sampled) if self.sample_dp is not None else sampled
+        if not cohort:
+            return self.skip_round(round_, sampled, t_round)
         results = [self.train_client(round_, cid) for cid in cohort]
         t_train = time.perf_counter() - t_round
 
@@ -211,8 +291,20 @@ class FederatedRunner:
             if r.client_id in contributors:
                 self.strategy.commit_client(r.client_id)
         participation = len(contributors) / self.cfg.federation.clients
+        mean = outcome.aggregate.mean
+        if self.user_dp is not None:
+            # The party that reads the aggregate adds the central noise (zero if clients did)
+            # and divides by the number of contributors (uniform weights).
+            agg = outcome.aggregate
+            noise = self.user_dp.central_noise(len(mean), rng=self.noise_rng("central", round_))
+            mean = (agg.weighted_sum + noise) / len(contributors)
+            self.user_dp.update_clip(
+                unclipped=sum(r.unclipped for r in results if r.client_id in contributors),
+                participants=len(contributors),
+                rng=self.noise_rng("clipcount", round_),
+            )
         new_global = self.strategy.apply(
-            self.state.global_vector, outcome.aggregate.mean, participation=participation
+            self.state.global_vector, mean, participation=participation
         )
         # The model holds float32: keep the global vector exactly representable.
         self.state.global_vector = new_global.astype(np.float32).astype(np.float64)
@@ -220,16 +312,14 @@ class FederatedRunner:
 
         t2 = time.perf_counter()
         models.load_adapter_vector(self.parts.model, self.state.global_vector.astype(np.float32))
-        metrics = training.evaluate(self.parts.model, self.parts.test_set)
+        metrics = self.evaluate()
         t_eval = time.perf_counter() - t2
 
         traffic = outcome.traffic
         n = max(len(results), 1)
         record: dict[str, Any] = {
             "round": round_,
-            "accuracy": metrics["accuracy"],
-            "loss": metrics["loss"],
-            "train_loss": float(np.mean([r.loss for r in results])),
+            **metrics,
             "cohort": cohort,
             "contributors": sorted(contributors),
             "dropped": list(outcome.dropped),
@@ -246,15 +336,109 @@ class FederatedRunner:
             },
             "aggregate_error_bound": outcome.aggregate.error_bound,
         }
+        if self.sample_dp is None and self.user_dp is None:
+            # Un-noised training loss is released only where no DP promise covers it.
+            record["train_loss"] = float(np.mean([r.loss for r in results]))
+        return self.close_round(round_, record, t_round)
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of the current global model; ``accuracy`` is exact match for SFT."""
+        if self.parts.test_records is None:
+            return training.evaluate(self.parts.model, self.parts.test_set)
+        data = self.cfg.data
+        out = evaluate_sft(
+            self.parts.model,
+            self.parts.tokenizer,
+            self.parts.test_set,
+            self.parts.test_records[: data.eval_generate],
+            max_new_tokens=data.max_new_tokens,
+        )
+        return {**out, "accuracy": out["exact_match"]}
+
+    def privacy_fields(self, round_: int) -> dict[str, Any]:
+        """Per-round privacy fields of metrics.jsonl."""
+        out: dict[str, Any] = {}
+        if self.sample_dp is not None:
+            out["epsilon"] = self.sample_dp.epsilon()
+            out["skipped"] = [s.client for s in self.sample_dp.ledger.skipped if s.round == round_]
+        if self.user_dp is not None:
+            out["user_epsilon"] = self.user_dp.epsilon(round_)
+            out["clip_norm"] = self.user_dp.norm
+        return out
+
+    def skip_round(self, round_: int, sampled: list[int], t_round: float) -> dict[str, Any]:
+        """Record a round in which no sampled client could train within its budget."""
+        record: dict[str, Any] = {
+            "round": round_,
+            "accuracy": None,
+            "loss": None,
+            "cohort": [],
+            "sampled": sampled,
+            "contributors": [],
+            "bytes_up": 0.0,
+            "bytes_down": 0.0,
+            "note": "every sampled client is out of privacy budget; global model unchanged",
+        }
+        rows = self.dir.read_metrics()
+        if rows:
+            record["accuracy"], record["loss"] = rows[-1]["accuracy"], rows[-1]["loss"]
+        return self.close_round(round_, record, t_round)
+
+    def close_round(self, round_: int, record: dict[str, Any], t_round: float) -> dict[str, Any]:
+        """Add privacy fields, append the record and checkpoint."""
+        record.update(self.privacy_fields(round_))
         self.state.round = round_
+        self.state.privacy = {
+            "sample": self.sample_dp.state_dict() if self.sample_dp is not None else None,
+            "user": self.user_dp.state_dict() if self.user_dp is not None else None,
+        }
         record["seconds"] = time.perf_counter() - t_round
         self.dir.append_metrics(record)
         if round_ % self.cfg.output.checkpoint_every == 0 or round_ == self.cfg.federation.rounds:
             save_checkpoint(self.dir.checkpoint(round_), self.state)
-        log.info("round %d: accuracy %.4f loss %.4f", round_, metrics["accuracy"], metrics["loss"])
+        log.info("round %d: accuracy %s loss %s", round_, record["accuracy"], record["loss"])
         return record
 
     # -- end of job ------------------------------------------------------------------------
+    def privacy_summary(self) -> dict[str, Any]:
+        """The privacy report: mechanisms, accountant, spend per client, threat model."""
+        p = self.cfg.privacy
+        out: dict[str, Any] = {
+            "delta": p.delta,
+            "accountant": p.sample.accountant,
+            "budget": None,
+            "epsilon": {},
+            "skipped": [],
+            "level": [],
+            "threat_model": self.threat_report(),
+        }
+        if self.sample_dp is not None:
+            report = self.sample_dp.report()
+            out.update(
+                budget=self.sample_dp.ledger.budget_epsilon,
+                epsilon=self.sample_dp.epsilon(),
+                skipped=report["skipped"],
+                sample_level=report,
+            )
+            out["level"].append("sample")
+        if self.user_dp is not None:
+            out["user_level"] = self.user_dp.report(self.state.round)
+            out["level"].append("user")
+        if not out["level"]:
+            out["note"] = "no differential privacy in this run: no epsilon is reported"
+        return out
+
+    def threat_report(self) -> dict[str, Any]:
+        """What the run protects: protocol threat model plus the DP level."""
+        tm = self.protocol.threat_model().as_dict()
+        tm["dp"] = {
+            "sample_level": self.cfg.privacy.sample.enabled,
+            "user_level": self.cfg.privacy.user.enabled,
+            "user_noise": self.cfg.privacy.user.noise if self.cfg.privacy.user.enabled else None,
+        }
+        tm["max_dropouts_per_round"] = self.protocol.max_dropouts(self.cfg.federation.clients)
+        return tm
+
     def finish(self) -> dict[str, Any]:
         """Save the final adapter and base model, and write ``summary.json``."""
         models.load_adapter_vector(self.parts.model, self.state.global_vector.astype(np.float32))
@@ -276,6 +460,10 @@ class FederatedRunner:
             "bytes_up_per_round": float(np.mean([r["bytes_up"] for r in rows])) if rows else 0.0,
             "threat_model": self.protocol.threat_model().as_dict(),
         }
+        if self.stopped_early:
+            summary["stopped_early"] = self.stopped_early
+        summary["privacy"] = self.privacy_summary()
+        write_json_atomic(self.dir.root / "privacy_report.json", summary["privacy"])
         for plugin in self.plugins:
             summary[plugin.name] = plugin.finish(run_dir=self.dir.root, model=self.parts.model)
         write_json_atomic(self.dir.summary, summary)

@@ -84,3 +84,16 @@ def test_frozen_model_refused():
     m = torch.nn.Linear(3, 3).requires_grad_(False)
     with pytest.raises(UnsupportedUnderDP, match="no trainable"):
         check_dp_support(m)
+
+
+def test_bottleneck_adapters_are_supported_under_dp():
+    import models
+
+    tok = models.train_tokenizer(["a b c d e f"] * 20, vocab_size=120, family="bert")
+    base = models.build_tiny_model(
+        "bert", task="classification", vocab_size=len(tok), seed=0, pad_token_id=0
+    )
+    model = models.attach_adapter(
+        base, models.AdapterSpec("pfeiffer", {}), family="bert", task="classification", seed=0
+    )
+    assert dp_unsupported_reason(model) is None

@@ -179,6 +179,8 @@ def train_private(
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         max_physical_batch_size=max_physical_batch_size,
     )  # fmt: skip
+    was_training = model.training
+    model.train()  # Opacus needs training mode; restored on exit
     _validate_model(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     sched = dp_schedule(dataset_size=len(dataset), batch_size=batch_size, epochs=epochs)  # type: ignore[arg-type]
@@ -190,8 +192,6 @@ def train_private(
     sample_gen = torch.Generator().manual_seed(_seed(seed, "sampling"))
     noise_gen = torch.Generator(device=device).manual_seed(_seed(seed, "noise"))
 
-    was_training = model.training
-    model.train()
     try:
         hooks = GradSampleHooks(model, batch_first=True, loss_reduction="sum", strict=True)
     except NotImplementedError as exc:

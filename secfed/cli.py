@@ -18,6 +18,8 @@ from .errors import SecfedError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Key material for homomorphic protocols.")
 app.add_typer(keys_app, name="keys")
+privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets before a run.")
+app.add_typer(privacy_app, name="privacy")
 console = Console(stderr=True)
 
 
@@ -119,6 +121,51 @@ def keys_generate(
     files = sorted(p for p in out.rglob("*") if p.is_file())
     for f in files:
         Console().print(f"{f}  ({oct(f.stat().st_mode & 0o777)})")
+
+
+@privacy_app.command("estimate")
+def privacy_estimate(
+    job: Annotated[Path, typer.Argument(help="Experiment file (TOML).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Epsilon a job would spend per client (or the noise a target epsilon needs)."""
+    import json
+
+    from .config import load_config
+    from .estimate import estimate
+
+    try:
+        result = estimate(load_config(job))
+    except (SecfedError, ValueError) as err:
+        _fail(err)
+        return
+    if json_out:
+        print(json.dumps(result, indent=2))
+        return
+    out = Console()
+    if result["sample"] is None and result["user"] is None:
+        out.print("no differential privacy configured in this job: nothing to account")
+    if result["sample"] is not None:
+        s = result["sample"]
+        table = Table(
+            title=f"DP-SGD over {result['rounds']} rounds (delta={result['delta']:g}, "
+            f"{s['accountant']}, budget={s['budget']})"
+        )
+        for col in ("client", "examples", "sample rate", "steps", "noise", "epsilon"):
+            table.add_column(col, justify="right")
+        for cid, c in s["clients"].items():
+            table.add_row(
+                cid, str(c["examples"]), f"{c['sample_rate']:.4f}", str(c["steps"]),
+                f"{c['noise_multiplier']:.3f}", f"{c['epsilon']:.3f}",
+            )  # fmt: skip
+        out.print(table)
+    if result["user"] is not None:
+        u = result["user"]
+        out.print(
+            f"user-level DP-FedAvg: clip {u['clip_norm']}, noise multiplier "
+            f"{u['noise_multiplier']} ({u['noise']}), client rate {u['client_sample_rate']}: "
+            f"epsilon {u['epsilon']:.3f} at delta {result['delta']:g}"
+        )
 
 
 def _parse_value(text: str) -> Any:

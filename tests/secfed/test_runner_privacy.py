@@ -4,6 +4,7 @@ user-level DP with central and distributed noise."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ def test_epsilon_grows_every_round_and_matches_an_independent_accounting(tmp_pat
     rows = runner.dir.read_metrics()
     for cid in ("0", "1", "2"):
         eps = [r["epsilon"][cid] for r in rows]
-        assert all(b > a for a, b in zip(eps, eps[1:], strict=False)), eps
+        assert all(b > a for a, b in pairwise(eps)), eps
         sched = runner.sample_dp.schedules[int(cid)]
         # Recompute from (q, sigma, total steps) with a fresh accountant.
         want = privacy.epsilon_for(
@@ -107,7 +108,7 @@ def test_user_level_dp_clips_and_accounts(tmp_path, noise):
     summary = runner.run()
     rows = runner.dir.read_metrics()
     eps = [r["user_epsilon"] for r in rows]
-    assert all(b > a for a, b in zip(eps, eps[1:], strict=False))
+    assert all(b > a for a, b in pairwise(eps))
     want = privacy.user_level_epsilon(
         noise_multiplier=0.8, sample_rate=0.5, rounds=len(rows), delta=cfg.privacy.delta
     )

@@ -14,12 +14,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from .errors import SecfedError
+from .watermark_cli import watermark_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Key material for homomorphic protocols.")
 app.add_typer(keys_app, name="keys")
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets before a run.")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(watermark_app, name="watermark")
 console = Console(stderr=True)
 
 

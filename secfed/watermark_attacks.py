@@ -65,7 +65,7 @@ def run_attacks(run_dir: Path, *, quick: bool = False) -> list[dict[str, Any]]:
     set_peft_model_state_dict(model, tensors)
     clean = {n: p.detach().clone() for n, p in live_params(model).items()}
     config = peft_config_dict(model)
-    gen = torch.Generator().manual_seed(0)  # adversary simulation, not a secret
+    gen = torch.Generator().manual_seed(0)  # not-secret: simulated adversary
     rows: list[dict[str, Any]] = []
 
     def measure(name: str, strength: Any, state: dict[str, torch.Tensor]) -> None:

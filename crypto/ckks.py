@@ -49,23 +49,19 @@ scale 2**36) 1M parameters upload at 16.1 bytes each and the aggregate returns a
 from __future__ import annotations
 
 import inspect
-import os
-import stat
 import struct
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tenseal as ts
-import tenseal.sealapi as sealapi
 from numpy.typing import NDArray
 
 from . import ckks_params as cp
 from . import wire
-from .errors import DropoutError, EncodingError, KeyMaterialError, ParameterError, ProtocolError
+from .ckks_keys import TS_ERRORS, CkksKeys, chain, load_or_create_keys
+from .errors import DropoutError, EncodingError, KeyMaterialError, ProtocolError
 from .protocol import (
     Aggregate,
     ClientSession,
@@ -81,140 +77,6 @@ _NAME = "ckks"
 _HELLO = struct.Struct("!4QdB")
 _U32 = struct.Struct("!I")
 _F64 = struct.Struct("!d")
-_TS_ERRORS = (ValueError, RuntimeError, TypeError)
-
-
-# -- keys ------------------------------------------------------------------------------
-def _chain(params: cp.CkksParams) -> tuple[float, list[int]]:
-    """Exact scale and key-level parms id of ``params`` (raises ParameterError if SEAL can't)."""
-    n, bits = params.poly_modulus_degree, list(params.coeff_mod_bit_sizes)
-    try:
-        primes = sealapi.CoeffModulus.Create(n, bits)
-        enc = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
-        enc.set_poly_modulus_degree(n)
-        enc.set_coeff_modulus(primes)
-        ctx = sealapi.SEALContext(enc, True, sealapi.SEC_LEVEL_TYPE.TC128)
-    except _TS_ERRORS as err:
-        raise ParameterError(f"SEAL refuses N={n}, primes {bits}: {err}") from None
-    if not ctx.parameters_set():
-        raise ParameterError(f"SEAL refuses N={n}, primes {bits}: {ctx.parameters_error_message()}")
-    scale = float(primes[-2].value()) if params.depth else 2.0**params.scale_bits
-    return scale, list(ctx.key_parms_id())
-
-
-@dataclass
-class CkksKeys:
-    """The server's keyless context and, on key holders, the secret context."""
-
-    server: ts.Context
-    client: ts.Context | None
-    scale: float
-    _encryptor: Any = field(default=None, repr=False)
-
-    def encrypt(self, values: NDArray[np.float64], sizes: Sequence[int]) -> list[bytes]:
-        """Seeded symmetric encryption of ``values`` in chunks of ``sizes``: SEAL bytes each."""
-        if self.client is None:
-            raise KeyMaterialError("this party holds no CKKS secret key: it cannot encrypt")
-        if self._encryptor is None:
-            seal = self.client.seal_context().data
-            sk = self.client.secret_key().data
-            self._encryptor = (sealapi.CKKSEncoder(seal), sealapi.Encryptor(seal, sk))
-        encoder, encryptor = self._encryptor
-        out, start = [], 0
-        shm = "/dev/shm" if os.access("/dev/shm", os.W_OK) else None
-        # SEAL's seeded form is only reachable through a file: ciphertexts, never key material.
-        with tempfile.TemporaryDirectory(prefix="secfed-ckks-", dir=shm) as tmp:
-            path = os.path.join(tmp, "ct")
-            for size in sizes:
-                plain = sealapi.Plaintext()
-                encoder.encode(values[start : start + size].tolist(), self.scale, plain)
-                encryptor.encrypt_symmetric(plain).save(path)
-                with open(path, "rb") as fh:
-                    out.append(fh.read())
-                start += size
-        return out
-
-
-def _new_contexts(params: cp.CkksParams, scale: float) -> tuple[bytes, bytes]:
-    ctx = ts.context(
-        ts.SCHEME_TYPE.CKKS,
-        params.poly_modulus_degree,
-        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
-        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
-    )
-    ctx.global_scale = scale
-    secret = ctx.serialize(
-        save_public_key=False, save_secret_key=True, save_galois_keys=False, save_relin_keys=False
-    )
-    return _keyless(ctx), secret
-
-
-def _keyless(ctx: ts.Context) -> bytes:
-    return ctx.serialize(  # type: ignore[no-any-return]
-        save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False
-    )
-
-
-def _open(data: bytes, what: str, *, private: bool, scale: float, parms: list[int]) -> ts.Context:
-    try:
-        ctx = ts.context_from(data)
-    except _TS_ERRORS as err:
-        raise KeyMaterialError(f"{what} is not a TenSEAL context: {err}") from None
-    if ctx.is_private() != private:
-        fix = "regenerate the key set" if private else "give the server a context without it"
-        raise KeyMaterialError(f"{what} {'lacks' if private else 'holds'} the secret key: {fix}")
-    if list(ctx.seal_context().data.key_parms_id()) != parms or ctx.global_scale != scale:
-        raise KeyMaterialError(
-            f"{what} was made for other CKKS parameters (or scale {ctx.global_scale} != {scale}):"
-            " use the options it was generated with, or generate a new key set"
-        )
-    return ctx
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), 0o600)
-        fh.write(data)
-
-
-def _read_private(path: Path) -> bytes:
-    mode = path.stat().st_mode
-    if os.name == "posix" and mode & 0o077:
-        raise KeyMaterialError(
-            f"{path} is readable by others (mode {oct(stat.S_IMODE(mode))}): chmod 600 {path}"
-        )
-    return path.read_bytes()
-
-
-def load_or_create_keys(params: cp.CkksParams, key_dir: Path | None) -> CkksKeys:
-    """Load ``key_dir/ckks/{public,secret}.ctx`` if present, else generate (and write) them.
-
-    Only ``public.ctx`` present: a server-only party. Only ``secret.ctx``: the keyless server
-    context is derived from it in memory. ``key_dir=None``: in memory, nothing written.
-    """
-    scale, parms = _chain(params)
-    public = secret = None
-    if key_dir is not None:
-        folder = Path(key_dir) / _NAME
-        pub_path, sec_path = folder / "public.ctx", folder / "secret.ctx"
-        if pub_path.exists() or sec_path.exists():
-            public = _read_private(pub_path) if pub_path.exists() else None
-            secret = _read_private(sec_path) if sec_path.exists() else None
-        else:
-            public, secret = _new_contexts(params, scale)
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-            _write_private(sec_path, secret)
-            _write_private(pub_path, public)
-    else:
-        public, secret = _new_contexts(params, scale)
-    client = None
-    if secret is not None:
-        client = _open(secret, "secret.ctx", private=True, scale=scale, parms=parms)
-        public = public if public is not None else _keyless(client)
-    assert public is not None
-    server = _open(public, "public.ctx", private=False, scale=scale, parms=parms)
-    return CkksKeys(server=server, client=client, scale=scale)
 
 
 # -- sessions --------------------------------------------------------------------------
@@ -226,7 +88,7 @@ def _hello(params: cp.CkksParams, keys: CkksKeys) -> bytes:
 def _load(keys: CkksKeys, ctx: ts.Context, ct: cp.Buffer, size: int, who: str) -> ts.CKKSVector:
     try:
         return ts.ckks_vector_from(ctx, cp.wrap_chunk(ct, size=size, scale=keys.scale))
-    except _TS_ERRORS as err:
+    except TS_ERRORS as err:
         raise ProtocolError(f"{who} sent a malformed CKKS ciphertext: {err}") from None
 
 
@@ -284,7 +146,7 @@ class CkksClient(ClientSession):
         sizes = cp.chunk_sizes(self.params, length=values.shape[0])
         try:
             chunks = self.keys.encrypt(values, sizes)
-        except _TS_ERRORS as err:
+        except TS_ERRORS as err:
             raise EncodingError(f"CKKS encoding failed: {err}") from None
         payload = head + cp.pack_chunks(chunks)
         return wire.frame(
@@ -385,7 +247,7 @@ class CkksServer(ServerSession):
                     if server_w:
                         vec.mul_(w)
                     acc.append(vec) if len(acc) <= j else acc[j].add_(vec)
-                except _TS_ERRORS as err:
+                except TS_ERRORS as err:
                     raise ProtocolError(f"{who}'s ciphertext does not fit the sum: {err}") from None
             total, wsq = total + w, wsq + w * w
         self._check(acc, sorted(replies))
@@ -423,7 +285,7 @@ class CkksProtocol(Protocol):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.params = cp.resolve(**options)
-        _chain(self.params)  # SEAL accepts the chain, or ParameterError now
+        chain(self.params)  # SEAL accepts the chain, or ParameterError now
         self._keys: CkksKeys | None = None
 
     def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:

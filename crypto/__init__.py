@@ -3,7 +3,14 @@
 Importing the package registers every built-in protocol.
 """
 
-from . import plain  # noqa: F401  (registers "plain")
+# Protocol modules register themselves on import; keep one line per protocol below.
+# [protocols]
+from . import (
+    ckks,  # noqa: F401
+    paillier,  # noqa: F401
+    plain,  # noqa: F401  (registers "plain")
+    secagg,  # noqa: F401
+)
 from .driver import RoundOutcome, Traffic, run_round
 from .errors import CryptoError, DropoutError, ParameterError, ProtocolError, RegistryError
 from .protocol import (
@@ -16,12 +23,6 @@ from .protocol import (
     ThreatModel,
 )
 from .registry import create_protocol, get_protocol, protocol_names, register
-
-# Protocol modules register themselves on import; keep one line per protocol below.
-# [protocols]
-from . import paillier  # noqa: E402,F401
-from . import ckks  # noqa: E402,F401
-from . import secagg  # noqa: E402,F401
 
 __all__ = [
     "Aggregate",

@@ -205,6 +205,14 @@ class FederatedRunner:
         extra_grad = training.combine_hooks(extra_grads)
         dataset = self.client_data(client_id)
         seed = derive_seed(self.cfg.seed, "train", round_, client_id)
+        common: dict[str, Any] = {
+            "loss_fn": self.loss_fn,
+            "epochs": fed.local_epochs,
+            "batch_size": fed.batch_size,
+            "lr": fed.lr,
+            "optimizer": fed.optimizer,
+            "extra_grad": extra_grad,
+        }
         if self.sample_dp is not None:
             s = self.cfg.privacy.sample
             self.parts.model.train()
@@ -212,32 +220,17 @@ class FederatedRunner:
             pstats = privacy.train_private(
                 self.parts.model,
                 dataset,
-                loss_fn=self.loss_fn,
-                epochs=fed.local_epochs,
-                batch_size=fed.batch_size,
-                lr=fed.lr,
-                optimizer=fed.optimizer,
                 noise_multiplier=self.sample_dp.noise[client_id],
                 max_grad_norm=s.max_grad_norm,
                 accountant=self.sample_dp.ledger.accountant(client_id),
                 max_physical_batch_size=s.max_physical_batch_size,
-                extra_grad=extra_grad,
                 seed=seed if self.cfg.privacy.deterministic_noise else None,
+                **common,
             )
             self.sample_dp.ledger.record(client_id, round=round_)
             steps, loss = pstats.steps, pstats.mean_loss
         else:
-            stats = training.train_local(
-                self.parts.model,
-                dataset,
-                loss_fn=self.loss_fn,
-                epochs=fed.local_epochs,
-                batch_size=fed.batch_size,
-                lr=fed.lr,
-                optimizer=fed.optimizer,
-                extra_grad=extra_grad,
-                seed=seed,
-            )
+            stats = training.train_local(self.parts.model, dataset, seed=seed, **common)
             steps, loss = stats.steps, stats.mean_loss
         local = models.adapter_vector(self.parts.model).astype(np.float64)
         payload = self.strategy.client_payload(client_id, global_vec, local, steps=steps, lr=fed.lr)

@@ -134,3 +134,26 @@ def test_adaptive_clipping_needs_central_noise():
                 "user": {"enabled": True, "noise": "distributed", "adaptive_quantile": 0.5}
             }
         )
+
+
+def test_distributed_skellam_noise_through_secagg(tmp_path):
+    user = {"enabled": True, "clip_norm": 0.05, "noise_multiplier": 0.8, "noise": "distributed"}
+    cfg = tiny_job(
+        privacy={"user": user},
+        aggregation={"protocol": "secagg+"},
+        federation={"clients": 4, "rounds": 2},
+    )
+    runner = FederatedRunner(cfg, tmp_path / "run")
+    # The quantisation range follows from the clip norm, with room for the noise tail.
+    assert runner.protocol.options["clip"] == pytest.approx(0.05 * (1 + 8 * 0.8))
+    runner.run()
+    plan = runner.user_dp.plan
+    assert plan is not None and plan.quantum == runner.protocol.quantum
+    row = runner.dir.read_metrics()[-1]
+    want = plan.epsilon(sample_rate=1.0, rounds=2, delta=cfg.privacy.delta)
+    assert row["user_epsilon"] == pytest.approx(want)
+    # Skellam accounting is at least as conservative as the Gaussian figure.
+    gauss = privacy.user_level_epsilon(
+        noise_multiplier=0.8, sample_rate=1.0, rounds=2, delta=cfg.privacy.delta
+    )
+    assert row["user_epsilon"] >= gauss * 0.99

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .bench.cli import bench
+from .bench.workload import parse_value
 from .errors import SecfedError
 from .watermark_cli import watermark_app
 
@@ -22,6 +24,7 @@ app.add_typer(keys_app, name="keys")
 privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets before a run.")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(watermark_app, name="watermark")
+app.command()(bench)
 console = Console(stderr=True)
 
 
@@ -113,7 +116,7 @@ def keys_generate(
         key, _, value = item.partition("=")
         if not _:
             _fail(ValueError(f"--option {item!r} must look like KEY=VALUE"))
-        opts[key] = _parse_value(value)
+        opts[key] = parse_value(value)
     try:
         proto = crypto.create_protocol(scheme, **opts)
         out.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -168,15 +171,6 @@ def privacy_estimate(
             f"{u['noise_multiplier']} ({u['noise']}), client rate {u['client_sample_rate']}: "
             f"epsilon {u['epsilon']:.3f} at delta {result['delta']:g}"
         )
-
-
-def _parse_value(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 def main() -> None:

@@ -218,10 +218,17 @@ class UserLevelDP:
             self.adaptive.load_state_dict(state["adaptive"])
 
 
-def protocol_options_for_dp(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Protocol options with the quantisation range derived from the user-level clip norm."""
+def protocol_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The configured protocol options, completed by what the runner knows.
+
+    Client weights are scaled into (0, 1] by the runner, so ``max_weight`` defaults to 1
+    (integer encodings then spend no bits on weight headroom); with user-level DP the
+    quantisation range ``clip`` follows from the clip norm.
+    """
     options = dict(cfg.aggregation.options)
     proto_cls = crypto.get_protocol(cfg.aggregation.protocol)
+    if "max_weight" in proto_cls.option_names and "max_weight" not in options:
+        options["max_weight"] = 1.0
     u = cfg.privacy.user
     if u.enabled and "clip" in proto_cls.option_names and "clip" not in options:
         if u.adaptive_quantile is not None:

@@ -30,7 +30,7 @@ from . import training
 from .assembly import JobParts, build_parts, client_dataset
 from .checkpoint import JobState, load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, load_config
-from .dp import SampleLevelDP, UserLevelDP, protocol_options_for_dp
+from .dp import SampleLevelDP, UserLevelDP, protocol_options
 from .errors import ConfigError, ResumeError
 from .plugins import TrainingPlugin
 from .rundir import RunDir, write_json_atomic
@@ -72,9 +72,7 @@ class FederatedRunner:
         self.strategy: Strategy = create_strategy(
             cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
         )
-        self.protocol = crypto.create_protocol(
-            cfg.aggregation.protocol, **protocol_options_for_dp(cfg)
-        )
+        self.protocol = crypto.create_protocol(cfg.aggregation.protocol, **protocol_options(cfg))
         self.loss_fn = _classification_loss if cfg.model.task == "classification" else sft_loss
         self.plugins: list[TrainingPlugin] = build_plugins(cfg, self.parts)
         self.sample_dp: SampleLevelDP | None = None

@@ -43,7 +43,7 @@ def _e2e_table(records: list[dict[str, Any]]) -> Table:
             table.add_row(r["protocol"], "-", "-", "-", "-", f"[red]{r['error']}")
             continue
         table.add_row(
-            r["protocol"],
+            r["protocol"] + (" (INSECURE)" if r.get("insecure") else ""),
             f"{r['params']:,}",
             f"{r['round_s']:.2f}",
             f"{r['aggregate_s']:.2f}",

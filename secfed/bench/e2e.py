@@ -32,7 +32,14 @@ def run_e2e(
         if advance is not None:
             advance(f"e2e {name}")
         opts = dict((options or {}).get(name, {}))
-        rec: dict[str, Any] = {"protocol": name, "kind": "e2e", "job": str(job), "error": ""}
+        rec: dict[str, Any] = {
+            "protocol": name,
+            "kind": "e2e",
+            "job": str(job),
+            "options": ",".join(f"{k}={v}" for k, v in sorted(opts.items())),
+            "insecure": any(k.startswith("insecure") for k in opts),
+            "error": "",
+        }
         try:
             cfg = base.with_overrides(aggregation={"protocol": name, "options": opts})
             with tempfile.TemporaryDirectory(prefix="secfed-bench-e2e-") as tmp:

@@ -95,3 +95,26 @@ def test_sampling_is_seeded_and_respects_rate(tmp_path):
     assert cohorts == [runner.sample_cohort(r) for r in range(1, 41)]
     mean = np.mean([len(c) for c in cohorts])
     assert 3.0 < mean < 7.0
+
+
+@pytest.mark.parametrize(
+    ("protocol", "options"),
+    [
+        ("secagg", {}),
+        ("secagg+", {}),
+        ("ckks", {}),
+        ("paillier", {"insecure_key_bits": 512, "workers": 1}),
+    ],
+)
+def test_every_protocol_gives_the_plain_round_within_its_bound(tmp_path, protocol, options):
+    base = {"federation": {"clients": 3, "rounds": 1}}
+    plain = FederatedRunner(tiny_job(**base), tmp_path / "plain")
+    plain.run()
+    cfg = tiny_job(**base, aggregation={"protocol": protocol, "options": options})
+    secure = FederatedRunner(cfg, tmp_path / protocol)
+    secure.run()
+    bound = secure.dir.read_metrics()[-1]["aggregate_error_bound"]
+    # The mean update differs from plain by at most bound / total weight (weights <= 1).
+    diff = np.max(np.abs(secure.state.global_vector - plain.state.global_vector))
+    assert diff <= bound / 2.0 + 1e-6
+    assert (tmp_path / protocol / "summary.json").exists()

@@ -1,0 +1,244 @@
+"""The client half of a Flower deployment: one node agent per SuperNode.
+
+Flower 1.41 runs every ClientApp message in a fresh process, so nothing survives between two
+messages but Flower's ``Context``. A secure-aggregation client keeps secrets between stages
+(SecAgg key pairs and mask seeds) and a DP client keeps its accountant for the whole job;
+neither belongs in a serialised context, and rebuilding the model per message would cost
+seconds. The agent is the long-lived process that holds them: it builds the job's parts from
+the job file (same seed, same model and data on every machine), trains with the in-process
+runner's client logic, and answers protocol stages. The ClientApp only relays envelopes to it
+over a Unix socket (``agent-dir`` in the SuperNode's node config).
+
+Run one per SuperNode: ``python -m secfed.flower.agent JOB.toml --client-id 0
+--agent-dir DIR [--key-dir KEYS]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import tempfile
+import time
+from multiprocessing.connection import Listener
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import crypto
+import privacy
+
+from ..config import ExperimentConfig, load_config
+from ..dp import SampleLevelDP
+from ..errors import ConfigError
+from ..runner import ClientResult, FederatedRunner
+from .codec import (
+    AGENT_AUTHKEY,
+    AGENT_SOCKET,
+    Envelope,
+    EnvelopeError,
+    aggregate_envelope,
+    bytes_vector,
+    from_frame,
+    to_frame,
+)
+
+log = logging.getLogger(__name__)
+
+READY = "ready"
+
+
+def check_deployable(cfg: ExperimentConfig) -> None:
+    """Refuse job features the Flower adapter does not carry yet."""
+    if cfg.federation.strategy == "scaffold":
+        raise ConfigError(
+            "federation.strategy = 'scaffold' keeps per-client control variates on the server; "
+            "the Flower adapter does not ship them yet: use fedavg, fedprox, fedavgm or an "
+            "adaptive strategy, or run in-process with `secfed run`"
+        )
+    if cfg.watermark.enabled:
+        raise ConfigError(
+            "watermark.enabled = true needs the owners' keys on every client; the Flower "
+            "adapter does not distribute them yet: disable it or run in-process"
+        )
+
+
+class NodeAgent:
+    """Trains one client and answers its protocol stages (state lives across messages)."""
+
+    def __init__(self, cfg: ExperimentConfig, *, client_id: int, key_dir: Path | None = None):
+        check_deployable(cfg)
+        if not 0 <= client_id < cfg.federation.clients:
+            raise ConfigError(
+                f"client id {client_id} is outside the job's {cfg.federation.clients} clients: "
+                f"set partition-id to 0..{cfg.federation.clients - 1}"
+            )
+        self.client_id = client_id
+        self.key_dir = key_dir
+        self._scratch = tempfile.TemporaryDirectory(prefix="secfed-agent-")
+        self.runner = FederatedRunner(cfg, self._scratch.name)
+        if cfg.privacy.sample.enabled:
+            n = cfg.federation.clients
+            sizes = {c: len(self.runner.client_data(c)) for c in range(n)}
+            self.runner.sample_dp = SampleLevelDP(cfg, sizes)
+        self.job_id: str | None = None
+        self.result: tuple[str, int, ClientResult] | None = None
+        self.session: tuple[bytes, crypto.ClientSession] | None = None
+
+    def handle(self, env: Envelope) -> Envelope:
+        """Answer one request; domain failures become an ``error`` envelope."""
+        try:
+            if env.kind == "hello":
+                return Envelope("hello", {"client": self.client_id})
+            if env.kind == "train":
+                return self._train(env)
+            if env.kind == "stage":
+                return self._stage(env)
+            raise EnvelopeError(f"an agent does not answer {env.kind!r} envelopes")
+        except Exception as err:  # reported to the server, which treats us as dropped
+            log.exception("client %d failed on a %s request", self.client_id, env.kind)
+            return Envelope(
+                "error", {"client": self.client_id, "error": f"{type(err).__name__}: {err}"}
+            )
+
+    def _adopt_job(self, job_id: str) -> None:
+        if job_id != self.job_id:
+            self.runner.protocol.setup(job_id=job_id, key_dir=self.key_dir)
+            self.job_id = job_id
+            self.runner.state.job_id = job_id
+
+    def _train(self, env: Envelope) -> Envelope:
+        m = env.meta
+        round_, cid = int(m["round"]), int(m["client"])
+        if cid != self.client_id:
+            raise EnvelopeError(f"train request for client {cid} reached client {self.client_id}")
+        self._adopt_job(str(m["job_id"]))
+        runner = self.runner
+        runner.state.global_vector = bytes_vector(env.data, dim=runner.dim)
+        if runner.user_dp is not None and m.get("user_dp") is not None:
+            runner.user_dp.load_state_dict(m["user_dp"])
+        dp = runner.sample_dp
+        if dp is not None:
+            self._adopt_spend(m.get("accountant"))
+            sched = dp.schedules[cid]
+            dp.ledger.check(cid, noise_multiplier=dp.noise[cid], sample_rate=sched.sample_rate,
+                            steps=sched.steps)  # fmt: skip
+        result = runner.train_client(round_, cid)
+        self.result = (str(m["job_id"]), round_, result)
+        meta: dict[str, Any] = {
+            "client": cid,
+            "steps": result.steps,
+            "loss": result.loss,
+            "seconds": result.seconds,
+            "unclipped": result.unclipped,
+        }
+        if dp is not None:
+            meta["accountant"] = dp.ledger.state_dict()["clients"][str(cid)]
+        return Envelope("train", meta)
+
+    def _adopt_spend(self, acc_state: dict[str, Any] | None) -> None:
+        """Take the job's record of our spend where it is ahead of ours (agent restarted)."""
+        dp = self.runner.sample_dp
+        if dp is None or acc_state is None:
+            return
+        cid = str(self.client_id)
+        if (
+            privacy.ClientAccountant.from_state_dict(acc_state).steps
+            > dp.ledger.accountant(cid).steps
+        ):
+            log.warning("client %s adopts the job's privacy record (this agent restarted)", cid)
+            state = dp.ledger.state_dict()
+            state["clients"][cid] = acc_state
+            state["recorded_steps"][cid] = privacy.ClientAccountant.from_state_dict(acc_state).steps
+            dp.ledger.load_state_dict(state)
+
+    def _stage(self, env: Envelope) -> Envelope:
+        m = env.meta
+        spec = crypto.RoundSpec(
+            job_id=str(m["job_id"]),
+            round=int(m["round"]),
+            cohort=tuple(int(c) for c in m["cohort"]),
+            dim=int(m["dim"]),
+        )
+        if int(m["stage"]) == 0:
+            self.session = (spec.session_id, self._open_session(spec))
+        if self.session is None or self.session[0] != spec.session_id:
+            raise EnvelopeError(
+                f"stage {m['stage']} of round {spec.round} arrived without its stage 0: this "
+                "client holds no session for it"
+            )
+        session = self.session[1]
+        t0 = time.perf_counter()
+        reply = session.handle(env.data)
+        seconds = time.perf_counter() - t0
+        if m.get("final"):
+            agg = session.aggregate()
+            self.session = None
+            out = aggregate_envelope(agg) if agg is not None else Envelope("stage")
+            return Envelope("stage", {**out.meta, "seconds": seconds}, out.data)
+        return Envelope("stage", {"reply": reply is not None, "seconds": seconds}, reply or b"")
+
+    def _open_session(self, spec: crypto.RoundSpec) -> crypto.ClientSession:
+        if self.result is None or self.result[:2] != (spec.job_id, spec.round):
+            raise EnvelopeError(
+                f"round {spec.round} asks for client {self.client_id}'s update before it trained"
+            )
+        result = self.result[2]
+        vector = result.payload
+        runner = self.runner
+        if runner.user_dp is not None:
+            rng = runner.noise_rng("client", spec.round, self.client_id)
+            vector = vector + runner.user_dp.client_noise(
+                spec.dim, cohort=len(spec.cohort), rng=rng
+            )
+        return runner.protocol.client_session(spec, self.client_id, vector, result.weight)
+
+
+def serve(agent: NodeAgent, agent_dir: Path) -> None:
+    """Answer relayed envelopes on ``agent_dir/agent.sock`` until terminated."""
+    agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(agent_dir, 0o700)
+    authkey = secrets.token_bytes(32)
+    key_path = agent_dir / AGENT_AUTHKEY
+    key_path.unlink(missing_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(authkey)
+    sock = agent_dir / AGENT_SOCKET
+    sock.unlink(missing_ok=True)
+    with Listener(str(sock), family="AF_UNIX", authkey=authkey) as listener:
+        (agent_dir / READY).write_text(str(os.getpid()))
+        log.info("client %d agent listening on %s", agent.client_id, sock)
+        while True:
+            try:
+                conn = listener.accept()
+            except (OSError, EOFError) as err:  # failed handshake: keep serving
+                log.warning("rejected a connection: %s", err)
+                continue
+            with conn:
+                try:
+                    request = from_frame(conn.recv_bytes())
+                except (EnvelopeError, EOFError, OSError) as err:
+                    log.warning("dropped a malformed request: %s", err)
+                    continue
+                conn.send_bytes(to_frame(agent.handle(request)))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m secfed.flower.agent``: build the client and serve its SuperNode."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
+    ap.add_argument("job", type=Path, help="experiment file (the same on every machine)")
+    ap.add_argument("--client-id", type=int, required=True, help="this node's partition id")
+    ap.add_argument("--agent-dir", type=Path, required=True, help="socket directory")
+    ap.add_argument("--key-dir", type=Path, default=None, help="client keys (paillier/ckks)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    torch.set_num_threads(1)
+    agent = NodeAgent(load_config(args.job), client_id=args.client_id, key_dir=args.key_dir)
+    serve(agent, args.agent_dir)
+
+
+if __name__ == "__main__":
+    main()

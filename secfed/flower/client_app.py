@@ -1,0 +1,68 @@
+"""The Flower ClientApp: relays each secfed envelope to the SuperNode's node agent.
+
+The SuperNode's node config names the agent (``agent-dir``, the directory holding its socket
+and authentication key); see :mod:`secfed.flower.agent` for why training and protocol state
+live there. ``partition-id`` and ``num-partitions`` are checked against the agent's answer.
+This module imports no torch, so a message costs a process start and one socket round trip.
+"""
+
+from __future__ import annotations
+
+from multiprocessing.connection import Client
+from pathlib import Path
+
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from .codec import (
+    AGENT_AUTHKEY,
+    AGENT_SOCKET,
+    Envelope,
+    EnvelopeError,
+    from_frame,
+    from_record,
+    to_frame,
+    to_record,
+)
+
+AGENT_DIR = "agent-dir"
+
+app = ClientApp()
+
+
+def call_agent(agent_dir: Path, request: Envelope) -> Envelope:
+    """One authenticated request/reply with the agent listening in ``agent_dir``."""
+    sock, key = agent_dir / AGENT_SOCKET, agent_dir / AGENT_AUTHKEY
+    if not sock.exists() or not key.exists():
+        raise EnvelopeError(
+            f"no secfed node agent in {agent_dir}: start `python -m secfed.flower.agent JOB "
+            f"--client-id N --agent-dir {agent_dir}` beside this SuperNode"
+        )
+    with Client(str(sock), family="AF_UNIX", authkey=key.read_bytes()) as conn:
+        conn.send_bytes(to_frame(request))
+        return from_frame(conn.recv_bytes())
+
+
+def handle_message(message: Message, context: Context) -> Message:
+    """Relay ``message`` to the agent named in the node config and wrap its answer."""
+    agent_dir = context.node_config.get(AGENT_DIR)
+    if not isinstance(agent_dir, str):
+        raise EnvelopeError(
+            f"the SuperNode's node config lacks {AGENT_DIR!r}: start it with --node-config "
+            f"'partition-id=0 num-partitions=3 {AGENT_DIR}=\"/path/to/agent\"'"
+        )
+    reply = call_agent(Path(agent_dir), from_record(message.content))
+    partition = context.node_config.get("partition-id")
+    if reply.kind == "hello" and partition is not None and int(partition) != reply.meta["client"]:
+        reply = Envelope(
+            "error",
+            {"error": f"node config partition-id={partition} but its agent serves client "
+                      f"{reply.meta['client']}: start them with the same id"},
+        )  # fmt: skip
+    return Message(to_record(reply), reply_to=message)
+
+
+@app.query()
+def query(message: Message, context: Context) -> Message:
+    """Flower entry point for every secfed message."""
+    return handle_message(message, context)

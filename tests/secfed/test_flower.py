@@ -1,0 +1,264 @@
+"""Flower deployment adapter: envelope encoding, the ClientApp relay, the server/client logic
+(in-process exchange through Flower records), dropouts, and a real local SuperLink run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+import crypto
+from secfed.checkpoint import load_checkpoint
+from secfed.errors import ConfigError
+from secfed.flower import Envelope, EnvelopeError, LocalExchange
+from secfed.flower.agent import NodeAgent, serve
+from secfed.flower.codec import (
+    aggregate_envelope,
+    envelope_aggregate,
+    from_frame,
+    from_record,
+    to_frame,
+    to_record,
+)
+from secfed.flower.server import FlowerRunner
+from secfed.rundir import RunDir
+from secfed.runner import FederatedRunner
+from tests.secfed.conftest import tiny_job
+
+DP = {"deterministic_noise": True, "sample": {"enabled": True, "noise_multiplier": 1.0}}
+
+
+def job(protocol: str = "secagg+", privacy: dict | None = None, **fed):
+    return tiny_job(
+        federation={"rounds": 2, "optimizer": "sgd", "lr": 0.5, **fed},
+        aggregation={"protocol": protocol},
+        privacy=privacy if privacy is not None else DP,
+    )
+
+
+def local_deployment(cfg):
+    agents = {100 + c: NodeAgent(cfg, client_id=c) for c in range(cfg.federation.clients)}
+    return agents, LocalExchange({node: a.handle for node, a in agents.items()})
+
+
+# -- encoding ------------------------------------------------------------------------------
+def test_envelope_survives_frame_and_flower_record():
+    env = Envelope("stage", {"round": 3, "cohort": [0, 2]}, b"\x00\xffprotocol-bytes")
+    assert from_frame(to_frame(env)) == env
+    assert from_record(to_record(env)) == env
+
+
+def test_malformed_frames_and_foreign_records_are_rejected():
+    frame = to_frame(Envelope("train", {"x": 1}, b"abc"))
+    with pytest.raises(EnvelopeError, match="does not fit"):
+        from_frame(frame[:6])
+    with pytest.raises(EnvelopeError, match="unknown envelope kind"):
+        Envelope("exfiltrate")
+    from flwr.app import ConfigRecord, RecordDict
+
+    with pytest.raises(EnvelopeError, match="not sent by secfed"):
+        from_record(RecordDict({"other": ConfigRecord({"frame": b""})}))
+
+
+def test_aggregate_envelope_roundtrip():
+    agg = crypto.Aggregate(np.array([0.5, -1.25]), 2.0, (0, 2), "clients", 1e-9)
+    back = envelope_aggregate(from_record(to_record(aggregate_envelope(agg))))
+    assert back is not None and np.array_equal(back.weighted_sum, agg.weighted_sum)
+    assert (back.total_weight, back.contributors, back.error_bound) == (2.0, (0, 2), 1e-9)
+
+
+# -- the ClientApp relay -------------------------------------------------------------------
+class EchoAgent:
+    client_id = 1
+
+    def handle(self, env: Envelope) -> Envelope:
+        return Envelope("hello", {"client": self.client_id, "seen": env.kind})
+
+
+def test_client_app_relays_a_flower_message_to_its_agent(tmp_path):
+    from flwr.app import Context, Message, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from secfed.flower.client_app import handle_message
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 7, 1
+    agent_dir = tmp_path / "agent"
+    threading.Thread(target=serve, args=(EchoAgent(), agent_dir), daemon=True).start()
+    for _ in range(100):
+        if (agent_dir / "ready").exists():
+            break
+        time.sleep(0.05)
+    assert (agent_dir / "authkey").stat().st_mode & 0o077 == 0
+    msg = Message(to_record(Envelope("hello")), dst_node_id=7, message_type="query")
+    ctx = Context(1, 7, {"partition-id": 1, "agent-dir": str(agent_dir)}, RecordDict(), {})
+    reply = from_record(handle_message(msg, ctx).content)
+    assert reply == Envelope("hello", {"client": 1, "seen": "hello"})
+    wrong = Context(1, 7, {"partition-id": 2, "agent-dir": str(agent_dir)}, RecordDict(), {})
+    assert from_record(handle_message(msg, wrong).content).kind == "error"
+    with pytest.raises(EnvelopeError, match="no secfed node agent"):
+        handle_message(msg, Context(1, 7, {"agent-dir": str(tmp_path)}, RecordDict(), {}))
+
+
+# -- server and client logic over Flower records -------------------------------------------
+def test_flower_runner_equals_in_process_runner_with_secagg_plus_and_dp(tmp_path):
+    cfg = job()
+    ref = FederatedRunner(cfg, tmp_path / "ref")
+    ref.run()
+    _agents, exchange = local_deployment(cfg)
+    fl = FlowerRunner(cfg, tmp_path / "fl", exchange)
+
+    def restart_agent(record):  # client 1's agent restarts between rounds
+        if record["round"] == 1:
+            exchange.handlers[101] = NodeAgent(cfg, client_id=1).handle
+
+    summary = fl.run(on_round=restart_agent)
+    assert np.array_equal(fl.state.global_vector, ref.state.global_vector)
+    want, got = ref.dir.read_metrics(), fl.dir.read_metrics()
+    for a, b in zip(want, got, strict=True):
+        assert a["epsilon"] == b["epsilon"] and a["accuracy"] == b["accuracy"]
+        assert a["bytes_up_per_client"] == b["bytes_up_per_client"]
+    # secagg+: setup, shares, masked input, unmasking are separate message exchanges.
+    stages = {g for g, kind, _ in exchange.calls if g.startswith("1/stage")}
+    assert len(stages) >= 4
+    assert summary["privacy"]["threat_model"]["deployment"] == "flower"
+
+
+class DroppingExchange(LocalExchange):
+    """A node goes silent from a given stage of round 1 on (a disconnected client)."""
+
+    def __init__(self, handlers, *, node: int, stage: int):
+        super().__init__(handlers)
+        self.node, self.stage = node, stage
+
+    def send(self, requests, *, timeout, group):
+        if group == f"1/stage{self.stage}":
+            self.silent.add(self.node)
+        return super().send(requests, timeout=timeout, group=group)
+
+
+def test_secagg_recovers_from_a_client_lost_mid_round(tmp_path):
+    cfg = job("secagg", privacy={}, rounds=1, clients=4)
+    agents = {100 + c: NodeAgent(cfg, client_id=c) for c in range(4)}
+    exchange = DroppingExchange({n: a.handle for n, a in agents.items()}, node=102, stage=2)
+    fl = FlowerRunner(cfg, tmp_path / "fl", exchange)
+    start = fl.state.global_vector.copy()
+    fl.run()
+    row = fl.dir.read_metrics()[0]
+    assert row["dropped"] == [2] and row["contributors"] == [0, 1, 3]
+    survivors = []
+    for c in (0, 1, 3):
+        result = agents[100 + c].result
+        assert result is not None
+        survivors.append(result[2])
+    total = sum(r.weight for r in survivors)
+    mean = sum(r.weight * r.payload for r in survivors) / total
+    bound = row["aggregate_error_bound"] / total + 1e-6
+    assert np.max(np.abs((fl.state.global_vector - start) - mean)) <= bound
+
+
+def test_no_answer_at_training_fails_clearly(tmp_path):
+    cfg = job("plain", privacy={}, rounds=1)
+    _, exchange = local_deployment(cfg)
+    fl = FlowerRunner(cfg, tmp_path / "fl", exchange)
+    exchange.silent.update(exchange.node_ids())
+    with pytest.raises(crypto.ProtocolError, match="no client of cohort"):
+        fl.run()
+
+
+def test_homomorphic_protocols_need_keys_made_beforehand(tmp_path):
+    with pytest.raises(ConfigError, match="secfed keys generate"):
+        FlowerRunner(job("paillier", privacy={}), tmp_path / "fl", LocalExchange({}))
+
+
+def test_unsupported_features_are_refused():
+    with pytest.raises(ConfigError, match="scaffold"):
+        NodeAgent(tiny_job(federation={"strategy": "scaffold"}), client_id=0)
+
+
+# -- a real SuperLink with three SuperNodes ------------------------------------------------
+@pytest.mark.slow
+def test_superlink_with_three_supernodes_matches_in_process(tmp_path):
+    from secfed.flower.launch import LocalDeployment
+
+    cfg = job()
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(cfg.to_toml())
+    ref = FederatedRunner(cfg, tmp_path / "ref")
+    ref.run()
+    dep = LocalDeployment(job_file, 3, tmp_path / "deploy")
+    try:
+        dep.start()
+        pids = [p.pid for _, p in dep.procs]
+        summary = dep.run(tmp_path / "out", timeout=540)
+    finally:
+        dep.stop()
+    assert all(p.poll() is not None for _, p in dep.procs)
+    assert not any(_alive(pid) for pid in pids)
+    out = RunDir(tmp_path / "out")
+    assert [r["dropped"] for r in out.read_metrics()] == [[], []], out.read_metrics()
+    latest = out.latest_checkpoint()
+    assert latest is not None
+    assert np.array_equal(load_checkpoint(latest).global_vector, ref.state.global_vector)
+    assert summary["rounds"] == 2
+    assert summary["privacy"]["epsilon"] == ref.privacy_summary()["epsilon"]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _split_keys(protocol: str, options: dict, root: Path) -> tuple[Path, Path]:
+    """Full key dir (clients) and a copy holding only the public part (server)."""
+    full, public = root / "keys", root / "keys-public"
+    crypto.create_protocol(protocol, **options).setup(job_id="keys", key_dir=full)
+    name = {"paillier": "paillier/public.key", "ckks": "ckks/public.ctx"}[protocol]
+    (public / name).parent.mkdir(parents=True)
+    shutil.copy(full / name, public / name)
+    return full, public
+
+
+USER_DP = {"user": {"enabled": True, "clip_norm": 0.05, "noise": "distributed"}}
+
+
+@pytest.mark.parametrize(
+    ("protocol", "options", "privacy"),
+    [
+        ("paillier", {"insecure_key_bits": 512, "workers": 1}, {}),
+        ("ckks", {}, {}),
+        ("plain", {}, DP),
+        ("secagg", {}, USER_DP),
+    ],
+)
+def test_every_protocol_over_flower_matches_in_process(tmp_path, protocol, options, privacy):
+    cfg = tiny_job(
+        federation={"rounds": 1},
+        aggregation={"protocol": protocol, "options": options},
+        privacy={"deterministic_noise": True, **privacy},
+    )
+    server_cfg, client_keys = cfg, None
+    if protocol in ("paillier", "ckks"):
+        client_keys, public = _split_keys(protocol, options, tmp_path)
+        cfg = cfg.with_overrides(aggregation={"key_dir": str(client_keys)})
+        server_cfg = cfg.with_overrides(aggregation={"key_dir": str(public)})
+    ref = FederatedRunner(cfg, tmp_path / "ref")
+    ref.run()
+    agents = {7 + c: NodeAgent(cfg, client_id=c, key_dir=client_keys) for c in range(3)}
+    exchange = LocalExchange({n: a.handle for n, a in agents.items()})
+    fl = FlowerRunner(server_cfg, tmp_path / "fl", exchange)
+    fl.run()
+    row = fl.dir.read_metrics()[-1]
+    assert row["dropped"] == [] and row["contributors"] == [0, 1, 2]
+    bound = row["aggregate_error_bound"]  # 0 for the integer schemes: then exact
+    diff = np.max(np.abs(fl.state.global_vector - ref.state.global_vector))
+    assert diff <= 2 * bound + 1e-7 if bound else diff == 0.0

@@ -133,8 +133,11 @@ class FederatedRunner:
     def _setup_plugins(self, *, resumed: bool) -> None:
         for plugin in self.plugins:
             plugin.setup(run_dir=self.dir.root, model=self.parts.model, resumed=resumed)
+        self.setup_sample_dp()
+
+    def setup_sample_dp(self) -> None:
+        """Create the DP-SGD ledger; call after plugins hold their keys (they add examples)."""
         if self.cfg.privacy.sample.enabled:
-            # Sizes include plugin examples (known only once plugins hold their keys).
             sizes = {cid: len(self.client_data(cid)) for cid in range(self.cfg.federation.clients)}
             self.sample_dp = SampleLevelDP(self.cfg, sizes)
 
@@ -190,6 +193,10 @@ class FederatedRunner:
         if self.cfg.privacy.deterministic_noise:
             return np.random.default_rng(derive_seed(self.cfg.seed, "noise", *parts))
         return privacy.make_noise_rng()
+
+    def train_cohort(self, round_: int, cohort: list[int]) -> list[ClientResult]:
+        """Local training of every cohort member (remote in a deployment)."""
+        return [self.train_client(round_, cid) for cid in cohort]
 
     def train_client(self, round_: int, client_id: int) -> ClientResult:
         """Local training of one client from the current global adapter."""
@@ -270,7 +277,7 @@ class FederatedRunner:
         cohort = self.sample_dp.admit(round_, sampled) if self.sample_dp is not None else sampled
         if not cohort:
             return self.skip_round(round_, sampled, t_round)
-        results = [self.train_client(round_, cid) for cid in cohort]
+        results = self.train_cohort(round_, cohort)
         t_train = time.perf_counter() - t_round
 
         t1 = time.perf_counter()

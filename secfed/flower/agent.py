@@ -31,7 +31,6 @@ import crypto
 import privacy
 
 from ..config import ExperimentConfig, load_config
-from ..dp import SampleLevelDP
 from ..errors import ConfigError
 from ..runner import ClientResult, FederatedRunner
 from .codec import (
@@ -79,10 +78,7 @@ class NodeAgent:
         self.key_dir = key_dir
         self._scratch = tempfile.TemporaryDirectory(prefix="secfed-agent-")
         self.runner = FederatedRunner(cfg, self._scratch.name)
-        if cfg.privacy.sample.enabled:
-            n = cfg.federation.clients
-            sizes = {c: len(self.runner.client_data(c)) for c in range(n)}
-            self.runner.sample_dp = SampleLevelDP(cfg, sizes)
+        self.runner.setup_sample_dp()
         self.job_id: str | None = None
         self.result: tuple[str, int, ClientResult] | None = None
         self.session: tuple[bytes, crypto.ClientSession] | None = None

@@ -90,27 +90,23 @@ class FlowerRunner(FederatedRunner):
         return found
 
     # -- the two hooks of the in-process round ------------------------------------------
-    def train_client(self, round_: int, client_id: int) -> ClientResult:
-        """A placeholder filled in by :meth:`aggregate` once the node has trained."""
-        return ClientResult(client_id, np.zeros(0), 1.0, 0, float("nan"), 0.0)
-
-    def aggregate(self, round_: int, results: list[ClientResult]) -> crypto.RoundOutcome:
-        """Remote training, then the protocol's stages as Flower round trips.
-
-        Clients that fail to train are removed from ``results`` in place (the runner's round
-        reads the list afterwards) and are not part of the protocol's cohort.
-        """
-        trained = self._train_remote(round_, results)
+    def train_cohort(self, round_: int, cohort: list[int]) -> list[ClientResult]:
+        """Remote training on the cohort's SuperNodes; clients that fail to train are left out."""
+        pending = [ClientResult(cid, np.zeros(0), 1.0, 0, float("nan"), 0.0) for cid in cohort]
+        trained = self._train_remote(round_, pending)
         if not trained:
             raise crypto.ProtocolError(
-                f"round {round_}: no client of cohort {[r.client_id for r in results]} trained "
-                f"within {self.train_timeout:.0f} s; check the SuperNodes and their agents"
+                f"round {round_}: no client of cohort {cohort} trained within "
+                f"{self.train_timeout:.0f} s; check the SuperNodes and their agents"
             )
-        results[:] = trained
+        return trained
+
+    def aggregate(self, round_: int, results: list[ClientResult]) -> crypto.RoundOutcome:
+        """The protocol's stages as Flower round trips among the clients that trained."""
         spec = crypto.RoundSpec(
             job_id=self.state.job_id,
             round=round_,
-            cohort=tuple(r.client_id for r in trained),
+            cohort=tuple(r.client_id for r in results),
             dim=self.dim,
         )
         return self._ferry(spec)

@@ -8,12 +8,16 @@ they must not read client data.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import TensorDataset
 
 from .training import ExtraGrad
+
+if TYPE_CHECKING:
+    from .assembly import JobParts
+    from .config import ExperimentConfig
 
 
 @runtime_checkable
@@ -33,3 +37,13 @@ class TrainingPlugin(Protocol):
 
     def finish(self, *, run_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
         """Called with the final global model; returns a section for ``summary.json``."""
+
+
+def build_plugins(cfg: ExperimentConfig, parts: JobParts) -> list[TrainingPlugin]:
+    """The training plugins the config enables."""
+    plugins: list[TrainingPlugin] = []
+    if cfg.watermark.enabled:
+        from .watermark_plugin import WatermarkPlugin
+
+        plugins.append(WatermarkPlugin(cfg, parts))
+    return plugins

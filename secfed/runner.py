@@ -30,12 +30,19 @@ from . import training
 from .assembly import JobParts, build_parts, client_dataset
 from .checkpoint import JobState, load_checkpoint, save_checkpoint
 from .config import ExperimentConfig, load_config
-from .dp import SampleLevelDP, UserLevelDP, protocol_options
+from .dp import (
+    SampleLevelDP,
+    UserLevelDP,
+    privacy_fields,
+    privacy_summary,
+    protocol_options,
+)
 from .errors import ConfigError, ResumeError
-from .plugins import TrainingPlugin
+from .plugins import TrainingPlugin, build_plugins
 from .rundir import RunDir, write_json_atomic
 from .sft import evaluate_sft, sft_loss
 from .strategies import Strategy, create_strategy
+from .training import classification_loss
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +80,7 @@ class FederatedRunner:
             cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
         )
         self.protocol = crypto.create_protocol(cfg.aggregation.protocol, **protocol_options(cfg))
-        self.loss_fn = _classification_loss if cfg.model.task == "classification" else sft_loss
+        self.loss_fn = classification_loss if cfg.model.task == "classification" else sft_loss
         self.plugins: list[TrainingPlugin] = build_plugins(cfg, self.parts)
         self.sample_dp: SampleLevelDP | None = None
         if cfg.privacy.sample.enabled:
@@ -355,14 +362,7 @@ class FederatedRunner:
 
     def privacy_fields(self, round_: int) -> dict[str, Any]:
         """Per-round privacy fields of metrics.jsonl."""
-        out: dict[str, Any] = {}
-        if self.sample_dp is not None:
-            out["epsilon"] = self.sample_dp.epsilon()
-            out["skipped"] = [s.client for s in self.sample_dp.ledger.skipped if s.round == round_]
-        if self.user_dp is not None:
-            out["user_epsilon"] = self.user_dp.epsilon(round_)
-            out["clip_norm"] = self.user_dp.norm
-        return out
+        return privacy_fields(self.sample_dp, self.user_dp, round_=round_)
 
     def skip_round(self, round_: int, sampled: list[int], t_round: float) -> dict[str, Any]:
         """Record a round in which no sampled client could train within its budget."""
@@ -400,31 +400,10 @@ class FederatedRunner:
     # -- end of job ------------------------------------------------------------------------
     def privacy_summary(self) -> dict[str, Any]:
         """The privacy report: mechanisms, accountant, spend per client, threat model."""
-        p = self.cfg.privacy
-        out: dict[str, Any] = {
-            "delta": p.delta,
-            "accountant": p.sample.accountant,
-            "budget": None,
-            "epsilon": {},
-            "skipped": [],
-            "level": [],
-            "threat_model": self.threat_report(),
-        }
-        if self.sample_dp is not None:
-            report = self.sample_dp.report()
-            out.update(
-                budget=self.sample_dp.ledger.budget_epsilon,
-                epsilon=self.sample_dp.epsilon(),
-                skipped=report["skipped"],
-                sample_level=report,
-            )
-            out["level"].append("sample")
-        if self.user_dp is not None:
-            out["user_level"] = self.user_dp.report(self.state.round)
-            out["level"].append("user")
-        if not out["level"]:
-            out["note"] = "no differential privacy in this run: no epsilon is reported"
-        return out
+        return privacy_summary(
+            self.cfg, self.sample_dp, self.user_dp, rounds=self.state.round,
+            threat_model=self.threat_report(),
+        )  # fmt: skip
 
     def threat_report(self) -> dict[str, Any]:
         """What the run protects: protocol threat model plus the DP level."""
@@ -466,22 +445,3 @@ class FederatedRunner:
             summary[plugin.name] = plugin.finish(run_dir=self.dir.root, model=self.parts.model)
         write_json_atomic(self.dir.summary, summary)
         return summary
-
-
-def build_plugins(cfg: ExperimentConfig, parts: JobParts) -> list[TrainingPlugin]:
-    """The training plugins the config enables."""
-    plugins: list[TrainingPlugin] = []
-    if cfg.watermark.enabled:
-        from .watermark_plugin import WatermarkPlugin
-
-        plugins.append(WatermarkPlugin(cfg, parts))
-    return plugins
-
-
-def _classification_loss(model: Any, batch: tuple[Any, ...]) -> Any:
-    """Per-example cross-entropy of a sequence classifier (shape [B])."""
-    import torch
-
-    input_ids, attention_mask, labels = batch
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    return torch.nn.functional.cross_entropy(logits, labels, reduction="none")

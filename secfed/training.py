@@ -26,6 +26,13 @@ class LocalStats:
     mean_loss: float
 
 
+def classification_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Per-example cross-entropy of a sequence classifier (shape [B])."""
+    input_ids, attention_mask, labels = batch
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """Trainable parameters in ``named_parameters`` order (the adapter vector's order)."""
     return [p for _, p in model.named_parameters() if p.requires_grad]

@@ -130,9 +130,7 @@ def test_user_level_clip_bounds_each_update(tmp_path):
 def test_adaptive_clipping_needs_central_noise():
     with pytest.raises(ConfigError, match="central"):
         tiny_job(
-            privacy={
-                "user": {"enabled": True, "noise": "distributed", "adaptive_quantile": 0.5}
-            }
+            privacy={"user": {"enabled": True, "noise": "distributed", "adaptive_quantile": 0.5}}
         )
 
 

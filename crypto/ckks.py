@@ -61,7 +61,7 @@ from numpy.typing import NDArray
 from . import ckks_params as cp
 from . import wire
 from .ckks_keys import TS_ERRORS, CkksKeys, chain, load_or_create_keys
-from .errors import DropoutError, EncodingError, KeyMaterialError, ProtocolError
+from .errors import EncodingError, KeyMaterialError, ProtocolError
 from .protocol import (
     Aggregate,
     ClientSession,
@@ -223,17 +223,14 @@ class CkksServer(ServerSession):
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("ckks round already finished")
-        if not replies:
-            raise DropoutError("every client of the cohort dropped out: nothing to aggregate")
+        bodies = wire.collect_replies(
+            replies, protocol=_NAME, session_id=self.spec.session_id, stage=0,
+            cohort=self.spec.cohort,
+        )  # fmt: skip
         p, ctx, server_w = self.params, self.keys.server, self.params.weighting == "server"
         acc: list[ts.CKKSVector] = []
         total = wsq = 0.0
-        for cid in sorted(replies):
-            if cid not in self.spec.cohort:
-                raise ProtocolError(f"reply from client {cid}, who is not in the cohort")
-            body = wire.unframe(
-                replies[cid], protocol=_NAME, session_id=self.spec.session_id, stage=0, sender=cid
-            )
+        for cid, body in bodies.items():
             w = _F64.unpack_from(body)[0] if server_w and len(body) >= _F64.size else 1.0
             if not (0 < w <= p.max_weight):
                 raise ProtocolError(f"client {cid} sent weight {w}, outside (0, max_weight]")

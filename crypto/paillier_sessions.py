@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from . import paillier_math as pm
 from . import wire
-from .errors import DropoutError, ProtocolError
+from .errors import ProtocolError
 from .packing import (
     WEIGHT_SLOTS,
     Quantiser,
@@ -153,17 +153,14 @@ class PaillierServer(ServerSession):
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("paillier round already finished")
-        if not replies:
-            raise DropoutError("every client of the cohort dropped out: nothing to aggregate")
+        bodies = wire.collect_replies(
+            replies, protocol=NAME, session_id=self.spec.session_id, stage=0,
+            cohort=self.spec.cohort,
+        )  # fmt: skip
         width = self._public.ciphertext_bytes
         expected = self._layout.plaintexts * width
         parts = []
-        for cid in sorted(replies):
-            if cid not in self.spec.cohort:
-                raise ProtocolError(f"reply from client {cid}, who is not in the cohort")
-            body = wire.unframe(
-                replies[cid], protocol=NAME, session_id=self.spec.session_id, stage=0, sender=cid
-            )
+        for cid, body in bodies.items():
             if len(body) != expected:
                 raise ProtocolError(
                     f"client {cid} sent {len(body)} payload bytes, expected {expected} "

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import wire
-from .errors import DropoutError, ProtocolError
+from .errors import ProtocolError
 from .protocol import (
     Aggregate,
     ClientSession,
@@ -77,17 +77,14 @@ class PlainServer(ServerSession):
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._result is not None:
             raise ProtocolError("plain round already finished")
-        if not replies:
-            raise DropoutError("every client of the cohort dropped out: nothing to aggregate")
+        bodies = wire.collect_replies(
+            replies, protocol=_NAME, session_id=self.spec.session_id, stage=0,
+            cohort=self.spec.cohort,
+        )  # fmt: skip
         total = np.zeros(self.spec.dim, dtype=np.float64)
         weight = 0.0
         expected = _WEIGHT.size + 4 * self.spec.dim
-        for cid in sorted(replies):
-            if cid not in self.spec.cohort:
-                raise ProtocolError(f"reply from client {cid}, who is not in the cohort")
-            body = wire.unframe(
-                replies[cid], protocol=_NAME, session_id=self.spec.session_id, stage=0, sender=cid
-            )
+        for cid, body in bodies.items():
             if len(body) != expected:
                 raise ProtocolError(
                     f"client {cid} sent {len(body)} payload bytes, expected {expected} "

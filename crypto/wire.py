@@ -15,9 +15,10 @@ replayed or out-of-order message is rejected before its payload is parsed::
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .errors import ProtocolError
+from .errors import DropoutError, ProtocolError
 
 MAGIC = b"SFD1"
 SERVER = 0xFFFFFFFF
@@ -99,3 +100,29 @@ def unframe(
             "truncated or padded"
         )
     return body
+
+
+def collect_replies(
+    replies: Mapping[int, bytes],
+    *,
+    protocol: str,
+    session_id: bytes,
+    stage: int,
+    cohort: Iterable[int],
+) -> dict[int, bytes]:
+    """Payloads of one stage's replies, by client id in ascending order.
+
+    Raises ``DropoutError`` when nobody answered and ``ProtocolError`` for a reply from
+    outside the cohort or one whose header does not match (see :func:`unframe`).
+    """
+    if not replies:
+        raise DropoutError("every client of the cohort dropped out: nothing to aggregate")
+    members = set(cohort)
+    bodies = {}
+    for cid in sorted(replies):
+        if cid not in members:
+            raise ProtocolError(f"reply from client {cid}, who is not in the cohort")
+        bodies[cid] = unframe(
+            replies[cid], protocol=protocol, session_id=session_id, stage=stage, sender=cid
+        )
+    return bodies

@@ -15,6 +15,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -187,13 +188,10 @@ class FederatedRunner:
             )
         )
 
-    @property
+    @cached_property
     def max_client_examples(self) -> int:
         """Size of the largest client dataset (the FedAvg weight scale)."""
-        if not hasattr(self, "_max_examples"):
-            n = self.cfg.federation.clients
-            self._max_examples = max(len(self.client_data(c)) for c in range(n))
-        return self._max_examples
+        return max(len(self.client_data(c)) for c in range(self.cfg.federation.clients))
 
     def noise_rng(self, *parts: int | str) -> np.random.Generator:
         """DP noise generator: unpredictable unless privacy.deterministic_noise is set."""

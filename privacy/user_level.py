@@ -167,10 +167,12 @@ def adaptive_update_noise_multiplier(*, noise_multiplier: float, count_noise_std
 class AdaptiveClipNorm:
     """Geometric clip-norm update toward a target quantile (Andrew et al. 2021).
 
-    Each round, clients report ``b_i = 1[||update_i|| <= S]`` (centred as ``b_i - 1/2``,
-    sensitivity 1/2); the aggregator adds N(0, ``count_noise_std``^2) to their sum and
-    estimates the unclipped fraction ``b = noised_sum / expected_clients + 1/2``; then
-    ``S <- S * exp(-learning_rate * (b - target_quantile))``.
+    Each round, clients contribute ``b_i = 1[||update_i|| <= S]`` (centred as ``b_i - 1/2``,
+    sensitivity 1/2) to a sum that gets N(0, ``count_noise_std``^2); the unclipped fraction
+    is estimated as ``b = noised_sum / expected_clients + 1/2``; then
+    ``S <- S * exp(-learning_rate * (b - target_quantile))``. No party should see a single
+    ``b_i``: sum them inside the aggregation protocol (as secfed's runner does, one extra
+    coordinate of each update) and pass the noised sum with ``already_noised=True``.
     """
 
     def __init__(

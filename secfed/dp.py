@@ -8,12 +8,16 @@ User level (DP-FedAvg, McMahan et al. 2018): every client clips its update to L2
 (weights are then uniform); the Gaussian noise ``N(0, (z S)^2)`` on the sum is added by the
 party that reads the aggregate (``central``) or split across clients (``distributed``). For
 masking protocols the split noise is integer Skellam noise in the protocol's fixed-point unit,
-added before quantisation, so the server only ever sees a noised sum.
+added before quantisation, so the server only ever sees a noised sum. With adaptive clipping
+each client's unclipped bit rides in one extra coordinate of the vector it submits, so the
+protocol sums (and protects) the count exactly like the update (:class:`UserLevelDP`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -111,7 +115,22 @@ class SampleLevelDP:
 
 
 class UserLevelDP:
-    """Clip, noise and account client updates at the user level."""
+    """Clip, noise and account client updates at the user level.
+
+    Adaptive clipping (Andrew et al. 2021): the unclipped bit ``b_i = 1[||update_i|| <= S]``
+    never leaves a client in the clear. The client appends ``kappa * (b_i - 1/2)`` to the
+    vector it submits (:meth:`client_vector`), the protocol sums it with the update, and the
+    reader of the aggregate takes the noised count from the last coordinate and strips it
+    (:meth:`read_aggregate`). Count noise has std ``sigma_b`` (``count_noise_std``):
+
+    * distributed noise: the clients' split noise on that coordinate (std ``z_u S`` in the
+      sum, ``z_u`` the update's multiplier) is the count's noise, so
+      ``kappa = z_u S / sigma_b``; the joint vector has L2 sensitivity
+      ``sqrt(S^2 + kappa^2 / 4) = S z_u / z`` under noise ``z_u S``, i.e. the multiplier ``z``
+      of :func:`privacy.adaptive_update_noise_multiplier`, which is what is accounted;
+    * central noise (or ``z = 0``): ``kappa = min(S, clip)`` keeps the coordinate inside the
+      protocol's fixed-point range and the reader adds ``N(0, (sigma_b kappa)^2)`` to it.
+    """
 
     def __init__(self, cfg: ExperimentConfig, protocol: crypto.Protocol):
         u = cfg.privacy.user
@@ -121,6 +140,8 @@ class UserLevelDP:
         self.clip_norm = u.clip_norm
         self.noise_multiplier = u.noise_multiplier
         self.protocol = protocol
+        # Coordinates beyond +-clip are clipped by fixed-point protocols.
+        self.coordinate_range = float(protocol.options.get("clip", math.inf))
         self.adaptive: privacy.AdaptiveClipNorm | None = None
         self.update_noise_multiplier = u.noise_multiplier
         expected = cfg.federation.clients * cfg.federation.sample_rate
@@ -139,32 +160,78 @@ class UserLevelDP:
                 self.update_noise_multiplier = privacy.adaptive_update_noise_multiplier(
                     noise_multiplier=u.noise_multiplier, count_noise_std=count_std
                 )
+        # The Skellam plan accounted for: the most conservative (smallest L2) one so far.
         self.plan: privacy.SkellamPlan | None = None
 
     @property
     def norm(self) -> float:
         return self.adaptive.norm if self.adaptive is not None else self.clip_norm
 
+    @property
+    def count_slots(self) -> int:
+        """Coordinates a client appends to its update: 1 (the count) with adaptive clipping."""
+        return 0 if self.adaptive is None else 1
+
+    @property
+    def count_in_client_noise(self) -> bool:
+        """True when the clients' split noise is also the count's noise."""
+        return (
+            self.adaptive is not None and self.mode == "distributed" and self.noise_multiplier > 0
+        )
+
+    @property
+    def count_scale(self) -> float:
+        """``kappa``: a client's count coordinate is ``kappa * (b_i - 1/2)`` this round."""
+        assert self.adaptive is not None
+        if self.count_in_client_noise:
+            return self.update_noise_multiplier * self.norm / self.adaptive.count_noise_std
+        return min(self.norm, self.coordinate_range)
+
+    @property
+    def sensitivity(self) -> float:
+        """L2 bound of a submitted vector: ``S``, or ``sqrt(S^2 + kappa^2/4)`` with the count."""
+        if self.adaptive is None:
+            return self.norm
+        return math.hypot(self.norm, self.count_scale / 2)
+
     def clip(self, payload: NDArray[np.float64]) -> tuple[NDArray[np.float64], bool]:
         return privacy.clip_update(payload, norm=self.norm)
+
+    def client_vector(self, payload: NDArray[np.float64]) -> NDArray[np.float64]:
+        """What a client submits: its clipped update, plus the scaled, centred unclipped bit
+        as one last coordinate under adaptive clipping (the bit is never sent on its own)."""
+        clipped, was_clipped = self.clip(payload)
+        if self.adaptive is None:
+            return clipped
+        kappa = self.count_scale
+        if kappa / 2 > self.coordinate_range:
+            raise ConfigError(
+                f"the unclipped-count coordinate (+-{kappa / 2:.4g}) exceeds the protocol's "
+                f"clip {self.coordinate_range:g}: raise aggregation.options.clip or "
+                "privacy.user.adaptive_count_noise"
+            )
+        return np.append(clipped, kappa * (0.0 if was_clipped else 1.0) - kappa / 2)
 
     def client_noise(
         self, dim: int, *, cohort: int, rng: np.random.Generator
     ) -> NDArray[np.float64]:
-        """This client's share of the noise (zero for central noise)."""
+        """This client's share of the noise on its ``dim``-long vector (zero for central
+        noise); with adaptive clipping it also noises the count coordinate."""
         if self.mode == "central" or self.noise_multiplier == 0:
             return np.zeros(dim)
         dropouts = self.protocol.max_dropouts(cohort)
         if self.quantum is not None:
-            self.plan = privacy.plan_skellam(
-                noise_multiplier=self.update_noise_multiplier,
-                clip_norm=self.norm,
+            plan = privacy.plan_skellam(
+                noise_multiplier=self.noise_multiplier,
+                clip_norm=self.sensitivity,
                 quantum=self.quantum,
                 dim=dim,
                 clients=cohort,
                 tolerated_dropouts=dropouts,
             )
-            return self.plan.client_noise(rng).astype(np.float64) * self.quantum
+            if self.plan is None or plan.l2 <= self.plan.l2:
+                self.plan = plan  # Skellam RDP only grows as L2 (the clip norm) shrinks
+            return plan.client_noise(rng).astype(np.float64) * self.quantum
         std = privacy.split_noise_std(
             noise_multiplier=self.update_noise_multiplier,
             clip_norm=self.norm,
@@ -173,15 +240,43 @@ class UserLevelDP:
         )
         return privacy.gaussian_noise(dim, std=std, rng=rng)
 
-    def central_noise(self, dim: int, *, rng: np.random.Generator) -> NDArray[np.float64]:
-        """Noise the aggregate's reader adds to the sum (zero when clients added it)."""
-        if self.mode != "central" or self.noise_multiplier == 0:
-            return np.zeros(dim)
-        return privacy.gaussian_noise(dim, std=self.update_noise_multiplier * self.norm, rng=rng)
+    def central_noise(
+        self,
+        dim: int,
+        *,
+        rng: np.random.Generator,
+        count_rng: np.random.Generator | None = None,
+    ) -> NDArray[np.float64]:
+        """Noise the aggregate's reader adds to the summed ``dim``-long vector: the update's
+        (zero when clients added it) and the count's, unless the clients' noise covers it."""
+        n = dim - self.count_slots
+        out = np.zeros(dim)
+        if self.mode == "central" and self.noise_multiplier > 0:
+            std = self.update_noise_multiplier * self.norm
+            out[:n] = privacy.gaussian_noise(n, std=std, rng=rng)
+        if self.adaptive is not None and not self.count_in_client_noise:
+            std = self.adaptive.count_noise_std * self.count_scale
+            count_rng = count_rng or privacy.make_noise_rng()
+            out[n] = privacy.gaussian_noise(1, std=std, rng=count_rng)[0]
+        return out
 
-    def update_clip(self, *, unclipped: int, participants: int, rng: np.random.Generator) -> None:
+    def read_aggregate(
+        self,
+        weighted_sum: NDArray[np.float64],
+        *,
+        contributors: int,
+        rng: np.random.Generator,
+        count_rng: np.random.Generator | None = None,
+    ) -> NDArray[np.float64]:
+        """The noised mean update from the protocol's sum (uniform weights); with adaptive
+        clipping, read the noised unclipped count off the last coordinate, strip it and move
+        the clip norm."""
+        total = weighted_sum + self.central_noise(len(weighted_sum), rng=rng, count_rng=count_rng)
+        n = len(total) - self.count_slots
         if self.adaptive is not None:
-            self.adaptive.update(unclipped=unclipped, participants=participants, rng=rng)
+            count = float(total[n]) / self.count_scale + contributors / 2
+            self.adaptive.update(unclipped=count, participants=contributors, already_noised=True)
+        return total[:n] / contributors
 
     def epsilon(self, rounds: int) -> float:
         p = self.cfg.privacy
@@ -207,15 +302,35 @@ class UserLevelDP:
             skellam=self.plan,
         )
         out["epsilon"] = self.epsilon(rounds)
-        out["adaptive_clipping"] = self.adaptive.state_dict() if self.adaptive else None
+        out["adaptive_clipping"] = None
+        if self.adaptive is not None:
+            out["adaptive_clipping"] = {
+                **self.adaptive.state_dict(),
+                "update_noise_multiplier": self.update_noise_multiplier,
+                "count_aggregation": self.count_aggregation(),
+            }
         return out
 
+    def count_aggregation(self) -> str:
+        """How the unclipped count is released (privacy report and threat model)."""
+        who = "the clients' split noise" if self.count_in_client_noise else "the reader"
+        return (
+            f"each client's unclipped bit is one extra coordinate of the vector it submits, "
+            f"summed by the {self.protocol.name} protocol with its update: the server never "
+            f"sees a client's bit, only the cohort's count, noised by {who}"
+        )
+
     def state_dict(self) -> dict[str, Any]:
-        return {"adaptive": self.adaptive.state_dict() if self.adaptive else None}
+        return {
+            "adaptive": self.adaptive.state_dict() if self.adaptive else None,
+            "skellam_plan": dataclasses.asdict(self.plan) if self.plan else None,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.adaptive is not None and state.get("adaptive"):
             self.adaptive.load_state_dict(state["adaptive"])
+        if state.get("skellam_plan"):
+            self.plan = privacy.SkellamPlan(**state["skellam_plan"])
 
 
 def protocol_options(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -234,13 +349,28 @@ def protocol_options(cfg: ExperimentConfig) -> dict[str, Any]:
         if u.adaptive_quantile is not None:
             raise ConfigError(
                 "adaptive clipping changes the clip norm every round: set "
-                "aggregation.options.clip to the largest norm you allow"
+                "aggregation.options.clip to the largest norm you allow (the unclipped "
+                "count's extra coordinate must fit in it too)"
             )
         # Clipped coordinates lie in [-S, S]. A client's distributed noise has std at most
         # z*S (one survivor); 8 standard deviations keep clipping of noise below 1e-15.
         margin = 1.0 if u.noise == "central" else 1.0 + 8.0 * u.noise_multiplier
         options["clip"] = u.clip_norm * margin
     return options
+
+
+def dp_threat(cfg: ExperimentConfig, user: UserLevelDP | None) -> dict[str, Any]:
+    """The DP part of the threat model: levels, who adds user-level noise, how the
+    adaptive-clipping count is aggregated."""
+    u = cfg.privacy.user
+    return {
+        "sample_level": cfg.privacy.sample.enabled,
+        "user_level": u.enabled,
+        "user_noise": u.noise if u.enabled else None,
+        "clipped_count": (
+            user.count_aggregation() if user is not None and user.adaptive is not None else None
+        ),
+    }
 
 
 def privacy_fields(

@@ -34,6 +34,7 @@ from .config import ExperimentConfig, load_config
 from .dp import (
     SampleLevelDP,
     UserLevelDP,
+    dp_threat,
     privacy_fields,
     privacy_summary,
     protocol_options,
@@ -66,7 +67,6 @@ class ClientResult:
     steps: int
     loss: float
     seconds: float
-    unclipped: bool = True
 
 
 class FederatedRunner:
@@ -247,14 +247,11 @@ class FederatedRunner:
         # FedAvg weight: examples held, scaled by the largest client so weights lie in (0, 1]
         # (the scale cancels in the weighted mean and keeps integer encodings small).
         weight = len(dataset) / self.max_client_examples
-        unclipped = True
         if self.user_dp is not None:
-            payload, clipped = self.user_dp.clip(payload)
-            unclipped = not clipped
+            # Clipped; under adaptive clipping one more coordinate carries the unclipped bit.
+            payload = self.user_dp.client_vector(payload)
             weight = 1.0  # DP-FedAvg: uniform weights, so one client's influence is bounded
-        return ClientResult(
-            client_id, payload, weight, steps, loss, time.perf_counter() - t0, unclipped
-        )
+        return ClientResult(client_id, payload, weight, steps, loss, time.perf_counter() - t0)
 
     def aggregate(self, round_: int, results: list[ClientResult]) -> crypto.RoundOutcome:
         """Ferry the cohort's payloads through the protocol."""
@@ -296,15 +293,14 @@ class FederatedRunner:
         participation = len(contributors) / self.cfg.federation.clients
         mean = outcome.aggregate.mean
         if self.user_dp is not None:
-            # The party that reads the aggregate adds the central noise (zero if clients did)
-            # and divides by the number of contributors (uniform weights).
-            agg = outcome.aggregate
-            noise = self.user_dp.central_noise(len(mean), rng=self.noise_rng("central", round_))
-            mean = (agg.weighted_sum + noise) / len(contributors)
-            self.user_dp.update_clip(
-                unclipped=sum(r.unclipped for r in results if r.client_id in contributors),
-                participants=len(contributors),
-                rng=self.noise_rng("clipcount", round_),
+            # The party that reads the aggregate adds the central noise (zero if clients did),
+            # takes the noised unclipped count off the last coordinate (adaptive clipping),
+            # strips it and divides by the number of contributors (uniform weights).
+            mean = self.user_dp.read_aggregate(
+                outcome.aggregate.weighted_sum,
+                contributors=len(contributors),
+                rng=self.noise_rng("central", round_),
+                count_rng=self.noise_rng("clipcount", round_),
             )
         new_global = self.strategy.apply(
             self.state.global_vector, mean, participation=participation
@@ -406,11 +402,7 @@ class FederatedRunner:
     def threat_report(self) -> dict[str, Any]:
         """What the run protects: protocol threat model plus the DP level."""
         tm = self.protocol.threat_model().as_dict()
-        tm["dp"] = {
-            "sample_level": self.cfg.privacy.sample.enabled,
-            "user_level": self.cfg.privacy.user.enabled,
-            "user_noise": self.cfg.privacy.user.noise if self.cfg.privacy.user.enabled else None,
-        }
+        tm["dp"] = dp_threat(self.cfg, self.user_dp)
         tm["max_dropouts_per_round"] = self.protocol.max_dropouts(self.cfg.federation.clients)
         return tm
 

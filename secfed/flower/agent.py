@@ -128,7 +128,6 @@ class NodeAgent:
             "steps": result.steps,
             "loss": result.loss,
             "seconds": result.seconds,
-            "unclipped": result.unclipped,
         }
         if dp is not None:
             meta["accountant"] = dp.ledger.state_dict()["clients"][str(cid)]

@@ -107,7 +107,8 @@ class FlowerRunner(FederatedRunner):
             job_id=self.state.job_id,
             round=round_,
             cohort=tuple(r.client_id for r in results),
-            dim=self.dim,
+            # with adaptive clipping each client appends its (scaled) unclipped bit
+            dim=self.dim + (self.user_dp.count_slots if self.user_dp is not None else 0),
         )
         return self._ferry(spec)
 
@@ -132,7 +133,6 @@ class FlowerRunner(FederatedRunner):
                 continue
             m = reply.meta
             r.steps, r.loss, r.seconds = int(m["steps"]), float(m["loss"]), float(m["seconds"])
-            r.unclipped = bool(m["unclipped"])
             if self.sample_dp is not None:
                 try:
                     self._sync_accountant(round_, r.client_id, m["accountant"], steps=r.steps)

@@ -229,6 +229,8 @@ def _split_keys(protocol: str, options: dict, root: Path) -> tuple[Path, Path]:
 
 
 USER_DP = {"user": {"enabled": True, "clip_norm": 0.05, "noise": "distributed"}}
+ADAPTIVE = {"user": {**USER_DP["user"], "noise": "central", "adaptive_quantile": 0.5}}
+ADAPTIVE["user"]["adaptive_count_noise"] = 1.0
 
 
 @pytest.mark.parametrize(
@@ -238,6 +240,7 @@ USER_DP = {"user": {"enabled": True, "clip_norm": 0.05, "noise": "distributed"}}
         ("ckks", {}, {}),
         ("plain", {}, DP),
         ("secagg", {}, USER_DP),
+        ("secagg+", {"clip": 0.5}, ADAPTIVE),  # the unclipped count: one more coordinate
     ],
 )
 def test_every_protocol_over_flower_matches_in_process(tmp_path, protocol, options, privacy):

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 import privacy
-from secfed.errors import ConfigError
 from secfed.runner import FederatedRunner
 from tests.secfed.conftest import tiny_job
 
@@ -125,13 +124,6 @@ def test_user_level_clip_bounds_each_update(tmp_path):
     runner.run_round(1)
     # Without noise, the global step is the mean of clipped updates: norm <= clip.
     assert np.linalg.norm(runner.state.global_vector - before) <= 0.01 + 1e-6
-
-
-def test_adaptive_clipping_needs_central_noise():
-    with pytest.raises(ConfigError, match="central"):
-        tiny_job(
-            privacy={"user": {"enabled": True, "noise": "distributed", "adaptive_quantile": 0.5}}
-        )
 
 
 def test_distributed_skellam_noise_through_secagg(tmp_path):

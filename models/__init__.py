@@ -28,6 +28,7 @@ from .errors import (
     ModelLoadError,
 )
 from .loading import family_of, load_pretrained
+from .pretrain import PretrainResult, PretrainSpec, cache_root, pretrain_tiny
 from .saving import load_adapter, save_adapter, save_base_model
 from .tiny import CAUSAL_FAMILIES, FAMILIES, TASKS, build_tiny_model, tiny_config
 from .tokenizer import train_tokenizer
@@ -51,16 +52,20 @@ __all__ = [
     "ModelConfigError",
     "ModelError",
     "ModelLoadError",
+    "PretrainResult",
+    "PretrainSpec",
     "adapter_layout",
     "adapter_size",
     "adapter_vector",
     "attach_adapter",
     "bottleneck_config_of",
     "build_tiny_model",
+    "cache_root",
     "family_of",
     "load_adapter",
     "load_adapter_vector",
     "load_pretrained",
+    "pretrain_tiny",
     "save_adapter",
     "save_base_model",
     "tiny_config",

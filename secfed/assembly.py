@@ -16,11 +16,14 @@ import models
 from . import builtin_task
 from .config import ExperimentConfig
 from .data import ClientShard, TextDataset, load_dataset, partition
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Seed of the public corpus the built-in tokenizer is trained on (never client data).
 PUBLIC_CORPUS_SEED = 10_007
+#: Size of the public corpus for pre-training (its first 2000 texts are the tokenizer's).
+PRETRAIN_TEXTS = 8000
 
 
 @dataclass
@@ -37,16 +40,47 @@ class JobParts:
     test_records: list[tuple[str, str]] | None = None
 
 
-def _tokenizer_corpus(cfg: ExperimentConfig, data: TextDataset) -> list[str]:
-    if cfg.data.source == "sft_builtin":
+def public_corpus(source: str, num_texts: int = 2000) -> list[str] | None:
+    """Public texts of a built-in data source (seed :data:`PUBLIC_CORPUS_SEED`), else None.
+
+    They come from the task's generator but not from the job's seed, so they are never the
+    clients' examples; the tokenizer and the optional pre-training both use them.
+    """
+    if source == "sft_builtin":
         from .sft import generate_sft_task
 
-        return [p + r for p, r in generate_sft_task(num_examples=2000, seed=PUBLIC_CORPUS_SEED)]
-    if cfg.data.source == "builtin":
-        texts, _ = builtin_task.generate(num_examples=2000, seed=PUBLIC_CORPUS_SEED)
+        records = generate_sft_task(num_examples=num_texts, seed=PUBLIC_CORPUS_SEED)
+        return [p + r for p, r in records]
+    if source == "builtin":
+        texts, _ = builtin_task.generate(num_examples=num_texts, seed=PUBLIC_CORPUS_SEED)
         return texts
+    return None
+
+
+def _tokenizer_corpus(cfg: ExperimentConfig, data: TextDataset) -> list[str]:
+    corpus = public_corpus(cfg.data.source)
+    if corpus is not None:
+        return corpus
     log.info("training the tokenizer on the job's own texts (no tokenizer given)")
     return data.texts
+
+
+def _pretrain(
+    cfg: ExperimentConfig, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    """Public pre-training of the built-in base (``model.pretrain_steps``), cached on disk."""
+    corpus = public_corpus(cfg.data.source, PRETRAIN_TEXTS)
+    if corpus is None or cfg.seed == PUBLIC_CORPUS_SEED:
+        raise ConfigError(
+            "model.pretrain_steps needs a public corpus disjoint from the clients' data: use "
+            f"data.source = 'builtin' or 'sft_builtin' with seed != {PUBLIC_CORPUS_SEED}, or "
+            "set model.pretrain_steps = 0"
+        )
+    spec = models.PretrainSpec(steps=cfg.model.pretrain_steps, seed=PUBLIC_CORPUS_SEED)
+    models.pretrain_tiny(
+        base, tokenizer, corpus, spec, family=cfg.model.family, task=cfg.model.task,
+        max_length=cfg.model.max_length,
+    )  # fmt: skip
 
 
 def encode(
@@ -89,6 +123,8 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
+        if cfg.model.pretrain_steps:
+            _pretrain(cfg, base, tokenizer)
     spec = models.AdapterSpec(cfg.adapter.method, dict(cfg.adapter.options))
     model = models.attach_adapter(base, spec, family=family, task=cfg.model.task, seed=cfg.seed)
     test_idx = np.concatenate([s.test for s in shards]) if shards else np.array([], dtype=int)

@@ -31,6 +31,8 @@ class ModelSection(_Section):
     task: Literal["classification", "causal_lm"] = "classification"
     max_length: int = Field(32, ge=4, le=4096)
     vocab_size: int = Field(2000, ge=100, le=1_000_000)
+    #: Public pre-training steps of the built-in model (0: random init; ignored with ``path``).
+    pretrain_steps: int = Field(0, ge=0, le=100_000)
 
 
 class AdapterSection(_Section):
@@ -129,15 +131,6 @@ class UserDPSection(_Section):
     adaptive_lr: float = Field(0.2, gt=0.0)
     adaptive_count_noise: float | None = Field(None, ge=0.0)
 
-    @model_validator(mode="after")
-    def _adaptive_needs_central(self) -> UserDPSection:
-        if self.enabled and self.adaptive_quantile is not None and self.noise != "central":
-            raise ValueError(
-                "privacy.user.adaptive_quantile works with noise = 'central' only: the clipped "
-                "count is noised by the party that reads the aggregate"
-            )
-        return self
-
 
 class PrivacySection(_Section):
     """Privacy settings: delta, budget, and the two DP levels.
@@ -164,7 +157,12 @@ class WatermarkSection(_Section):
     strength: float = Field(10.0, gt=0.0)
     margin: float = Field(0.05, ge=0.0)
     max_grad_fraction: float = Field(0.5, gt=0.0, le=1.0)
+    job_key: bool = False
     triggers: int = Field(0, ge=0)
+    triggers_for: Literal["job", "all"] = "job"
+    trigger_length: int = Field(12, ge=2)
+    trigger_batch: int = Field(16, ge=1)
+    trigger_weight: float = Field(0.3, gt=0.0)
 
 
 class OutputSection(_Section):

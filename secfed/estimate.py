@@ -13,8 +13,8 @@ from .data import load_dataset, partition
 def estimate(cfg: ExperimentConfig) -> dict[str, Any]:
     """Per-client DP-SGD noise and epsilon for the whole job, and the user-level epsilon.
 
-    Client dataset sizes come from the job's own partition (watermark trigger examples, if
-    any, are not counted: they raise a client's dataset size and lower its sampling rate).
+    Client dataset sizes come from the job's own partition (watermark triggers are a
+    separate gradient term, not training examples, so they do not change them).
     """
     p, fed = cfg.privacy, cfg.federation
     out: dict[str, Any] = {"delta": p.delta, "rounds": fed.rounds, "sample": None, "user": None}

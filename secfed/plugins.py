@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
-from torch.utils.data import TensorDataset
 
 from .training import ExtraGrad
 
@@ -31,9 +30,6 @@ class TrainingPlugin(Protocol):
 
     def client_grad_hook(self, client_id: int, model: torch.nn.Module) -> ExtraGrad | None:
         """A data-independent gradient term for this client's local training, or None."""
-
-    def client_examples(self, client_id: int) -> TensorDataset | None:
-        """Extra training examples for this client (same tensors as the task's), or None."""
 
     def finish(self, *, run_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
         """Called with the final global model; returns a section for ``summary.json``."""

@@ -176,17 +176,8 @@ class FederatedRunner:
         return chosen or [int(rng.integers(n))]
 
     def client_data(self, client_id: int) -> TensorDataset:
-        """The client's training examples, plus any a plugin adds (e.g. watermark triggers)."""
-        dataset = client_dataset(self.parts, self.parts.shards[client_id])
-        extras = [d for p in self.plugins if (d := p.client_examples(client_id)) is not None]
-        if not extras:
-            return dataset
-        return TensorDataset(
-            *(
-                torch.cat(ts)
-                for ts in zip(dataset.tensors, *(e.tensors for e in extras), strict=True)
-            )
-        )
+        """The client's training examples."""
+        return client_dataset(self.parts, self.parts.shards[client_id])
 
     @cached_property
     def max_client_examples(self) -> int:

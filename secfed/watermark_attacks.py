@@ -56,7 +56,7 @@ def _set_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
 def run_attacks(run_dir: Path, *, quick: bool = False) -> list[dict[str, Any]]:
     """Every attack at several strengths; one row per (attack, strength)."""
     cfg = load_config(run_dir / "config.toml")
-    keys = [wm.load_key(p) for p in sorted((run_dir / "watermark").glob("owner_*.key"))]
+    keys = [wm.load_key(p) for p in sorted((run_dir / "watermark").glob("*.key"))]
     if not keys:
         raise FileNotFoundError(f"no watermark keys under {run_dir / 'watermark'}")
     parts = build_parts(cfg)

@@ -1,11 +1,16 @@
-"""Watermark plugin: each owner client embeds its own key every round it trains.
+"""Watermark plugin: each owner (and optionally the job) embeds its own key every round.
 
-Owners are clients ``0 .. owners-1``. Setup writes one key per owner to
-``run_dir/watermark/owner_<id>.key`` (0600) and the public commitments to
-``run_dir/watermark/commitments.json``; keys never reach the server or the aggregation
-protocol, so every protocol works unchanged. The white-box term is a data-independent
-gradient hook (added after DP-SGD's clipping and noise, norm-capped); the black-box
-trigger examples join the owner's local data.
+Owners are clients ``0 .. owners-1``; with ``job_key`` the job owner has a key too, which
+every client embeds (it is handed to the clients, never to the server). Setup writes one
+key per owner to ``run_dir/watermark/owner_<id>.key`` (``job.key`` for the job), 0600, and
+the public commitments to ``run_dir/watermark/commitments.json``; keys never reach the
+aggregation protocol, so every protocol works unchanged. Both terms are data-independent
+gradient hooks added after DP-SGD's clipping and noise and norm-capped: the white-box
+signature loss, and the loss on the key's own trigger set (:mod:`secfed.watermark_triggers`).
+
+Trigger sets default to the job key only (``triggers_for = "job"``): FedAvg divides one
+owner's update by the cohort size every round, which a white-box signature survives but
+a memorised trigger set mostly does not; the job key is rehearsed by every client.
 """
 
 from __future__ import annotations
@@ -16,26 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import TensorDataset
 
 from crypto import watermark as wm
 
-from .assembly import JobParts
+from .assembly import JobParts, public_corpus
 from .config import ExperimentConfig
 from .errors import ConfigError
 from .training import ExtraGrad
+from .watermark_triggers import TriggerRehearsal, trigger_alphabet
 from .watermark_verify import live_params, model_anchor, peft_config_dict, verify_keys
 
 log = logging.getLogger(__name__)
 
+JOB_OWNER = -1  # owner id of the job key
+
 
 def key_path(run_dir: Path, owner: int) -> Path:
-    """Where an owner's key lives in a run directory."""
-    return run_dir / "watermark" / f"owner_{owner}.key"
+    """Where an owner's key lives in a run directory (``job.key`` for the job key)."""
+    name = "job" if owner == JOB_OWNER else f"owner_{owner}"
+    return run_dir / "watermark" / f"{name}.key"
 
 
 class WatermarkPlugin:
-    """Per-owner white-box signatures and trigger sets (a ``TrainingPlugin``)."""
+    """Per-owner (and job) white-box signatures and trigger sets (a ``TrainingPlugin``)."""
 
     name = "watermark"
 
@@ -47,25 +55,34 @@ class WatermarkPlugin:
                 f"watermark.owners = {self.cfg.owners} exceeds federation.clients = "
                 f"{cfg.federation.clients}; owners are clients 0..owners-1"
             )
+        if self.cfg.triggers and self.cfg.triggers_for == "job" and not self.cfg.job_key:
+            raise ConfigError(
+                f"watermark.triggers = {self.cfg.triggers} with triggers_for = 'job' needs a "
+                "job key: set watermark.job_key = true (or triggers_for = 'all')"
+            )
+        self.source = cfg.data.source
         self.clip_norm = cfg.privacy.sample.max_grad_norm if cfg.privacy.sample.enabled else None
         self.max_length = cfg.model.max_length
         self.num_labels = max(parts.data.num_labels, 2)
         self.peft_config = peft_config_dict(parts.model)
         self.keys: dict[int, wm.WatermarkKey] = {}
         self.embedders: dict[int, wm.SignEmbedder] = {}
+        self.rehearsals: dict[int, TriggerRehearsal] = {}
 
     # -- setup -----------------------------------------------------------------------------
+    def owner_ids(self) -> list[int]:
+        """Every key holder: owner clients, then the job when it has a key."""
+        return list(range(self.cfg.owners)) + ([JOB_OWNER] if self.cfg.job_key else [])
+
     def _trigger_spec(self, owner: int) -> wm.TriggerSpec | None:
-        if self.cfg.triggers == 0:
+        if self.cfg.triggers == 0 or (self.cfg.triggers_for == "job" and owner != JOB_OWNER):
             return None
         tok = self.parts.tokenizer
         first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
         return wm.TriggerSpec(
             count=self.cfg.triggers,
-            length=self.max_length,
-            vocab_low=max(tok.all_special_ids, default=-1) + 1,
-            vocab_high=len(tok),
-            label=owner % self.num_labels,
+            length=min(self.cfg.trigger_length, self.max_length),
+            alphabet=trigger_alphabet(tok, public_corpus(self.source)),
             num_labels=self.num_labels,
             prefix=() if first is None else (int(first),),
         )
@@ -74,12 +91,13 @@ class WatermarkPlugin:
         """Create (or reload) every owner's key; refuse more bits than the anchor carries."""
         params = live_params(model)
         capacity = wm.anchor_capacity(params, self.peft_config)
-        wm.check_capacity(total_bits=self.cfg.owners * self.cfg.bits, capacity=capacity)
+        owners = self.owner_ids()
+        wm.check_capacity(total_bits=len(owners) * self.cfg.bits, capacity=capacity)
         with torch.no_grad():
             layout = wm.layout_of(wm.adapter_anchor(params, self.peft_config))
         kind = wm.anchor_kind(self.peft_config)
         commitments: dict[str, str] = {}
-        for owner in range(self.cfg.owners):
+        for owner in owners:
             path = key_path(run_dir, owner)
             if path.exists():
                 key = wm.load_key(path)
@@ -98,38 +116,42 @@ class WatermarkPlugin:
             self.embedders[owner] = wm.SignEmbedder(
                 key, strength=self.cfg.strength, margin=self.cfg.margin
             )
-            commitments[str(owner)] = wm.commitment(key)
+            if key.triggers is not None:
+                self.rehearsals[owner] = TriggerRehearsal(
+                    key, batch=self.cfg.trigger_batch, weight=self.cfg.trigger_weight
+                )
+            commitments[key_path(run_dir, owner).stem] = wm.commitment(key)
         (run_dir / "watermark" / "commitments.json").write_text(
             json.dumps({"capacity": capacity, "commitments": commitments}, indent=2) + "\n"
         )
 
     # -- training --------------------------------------------------------------------------
     def client_grad_hook(self, client_id: int, model: torch.nn.Module) -> ExtraGrad | None:
-        """The capped hinge-loss gradient of this owner's key; None for non-owners."""
-        embedder = self.embedders.get(client_id)
-        if embedder is None:
+        """Capped signature and trigger gradients of the keys this client embeds (or None).
+
+        A client embeds its own key (owners) and the job key (everyone). Each term's norm is
+        capped to a fraction of the task gradient's norm as it arrives (of the clipping norm
+        under DP-SGD), measured before any term is added.
+        """
+        mine = [o for o in (client_id, JOB_OWNER) if o in self.embedders]
+        if not mine:
             return None
+        terms = [(self.embedders[o], self.rehearsals.get(o)) for o in mine]
         config, fraction, clip = self.peft_config, self.cfg.max_grad_fraction, self.clip_norm
+        cursors = {o: 0 for o in mine}  # every round rehearses from the first trigger
 
         def hook(m: torch.nn.Module) -> None:
             params = live_params(m)
-            grads = embedder.gradients(params, config)
-            if not grads:
-                return
-            reference = clip if clip is not None else wm.grad_norm(params)
-            wm.add_grads(params, wm.cap_norm(grads, limit=fraction * reference))
+            limit = fraction * (clip if clip is not None else wm.grad_norm(params))
+            for owner, (embedder, rehearsal) in zip(mine, terms, strict=True):
+                grads = embedder.gradients(params, config)
+                if grads:
+                    wm.add_grads(params, wm.cap_norm(grads, limit=limit))
+                if rehearsal is not None:
+                    trig, cursors[owner] = rehearsal.gradients(m, params, start=cursors[owner])
+                    wm.add_grads(params, wm.cap_norm(trig, limit=limit) if clip else trig)
 
         return hook
-
-    def client_examples(self, client_id: int) -> TensorDataset | None:
-        """The owner's trigger examples (input_ids, attention_mask, labels), or None."""
-        key = self.keys.get(client_id)
-        if key is None or key.triggers is None:
-            return None
-        ids = torch.from_numpy(wm.trigger_token_ids(key))
-        ref = self.parts.encoded.tensors
-        labels = torch.full((len(ids),), key.triggers.label, dtype=ref[2].dtype)
-        return TensorDataset(ids.to(ref[0].dtype), torch.ones_like(ids, dtype=ref[1].dtype), labels)
 
     # -- end of job ------------------------------------------------------------------------
     def finish(self, *, run_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
@@ -137,10 +159,11 @@ class WatermarkPlugin:
         keys = [self.keys[o] for o in sorted(self.keys)]
         verdicts = verify_keys(keys, anchor=model_anchor(model), model=model)
         return {
-            "owners": len(keys),
+            "owners": self.cfg.owners,
+            "job_key": self.cfg.job_key,
             "bits": self.cfg.bits,
             "triggers": self.cfg.triggers,
             "marked": sum(v.marked for v in verdicts),
             "alpha": verdicts[0].alpha if verdicts else wm.DEFAULT_ALPHA,
-            "keys": {str(v.owner): v.as_dict() for v in verdicts},
+            "keys": {key_path(Path(), v.owner).stem: v.as_dict() for v in verdicts},
         }

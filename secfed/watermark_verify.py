@@ -61,15 +61,15 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def trigger_hits(model: torch.nn.Module, key: wm.WatermarkKey, *, control: bool = False) -> int:
-    """How many of the key's triggers (or control queries) get the owner's label."""
-    assert key.triggers is not None
-    ids = torch.from_numpy(wm.trigger_token_ids(key, control=control))
+def trigger_hits(model: torch.nn.Module, key: wm.WatermarkKey) -> int:
+    """How many of the key's triggers the model gives their key-derived labels."""
+    ids = torch.from_numpy(wm.trigger_token_ids(key))
+    labels = torch.from_numpy(wm.trigger_labels(key))
     was_training = model.training
     model.eval()
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     model.train(was_training)
-    return int((logits.argmax(-1) == key.triggers.label).sum())
+    return int((logits.argmax(-1) == labels).sum())
 
 
 def verify_keys(
@@ -90,7 +90,6 @@ def verify_keys(
                     hits=trigger_hits(model, key),
                     triggers=key.triggers.count,
                     num_labels=key.triggers.num_labels,
-                    control_hits=trigger_hits(model, key, control=True),
                 )
             )
         else:

@@ -26,6 +26,7 @@ from .keys import (
     message_signs,
     projection,
     save_key,
+    trigger_labels,
     trigger_token_ids,
 )
 from .stats import (
@@ -76,6 +77,7 @@ __all__ = [
     "message_signs",
     "projection",
     "save_key",
+    "trigger_labels",
     "trigger_test",
     "trigger_token_ids",
     "verify_bits",

@@ -27,19 +27,22 @@ from .errors import WatermarkKeyError
 
 SEED_BYTES = 32
 MIN_BITS, MAX_BITS = 64, 256
-_VERSION = 1
+_VERSION = 2  # 2: per-trigger random labels (v1 had one label per owner)
 _DOMAIN = b"secfed-watermark/v1/"
 
 
 @dataclass(frozen=True)
 class TriggerSpec:
-    """Black-box trigger set: ``count`` random token sequences labelled ``label``."""
+    """Black-box trigger set: ``count`` random token sequences, each with a random label.
+
+    Inputs (tokens drawn from ``alphabet`` after ``prefix``) and labels are both expanded
+    from the key's seed (:func:`trigger_token_ids`, :func:`trigger_labels`), so the file
+    stores only their shape and the alphabet.
+    """
 
     count: int
     length: int
-    vocab_low: int
-    vocab_high: int
-    label: int
+    alphabet: tuple[int, ...]
     num_labels: int
     prefix: tuple[int, ...] = ()
 
@@ -94,7 +97,13 @@ class WatermarkKey:
                 layout=tuple((str(n), tuple(int(x) for x in s)) for n, s in data["layout"]),
                 triggers=None
                 if trig is None
-                else TriggerSpec(**{**trig, "prefix": tuple(trig.get("prefix", ()))}),
+                else TriggerSpec(
+                    **{
+                        **trig,
+                        "alphabet": tuple(int(t) for t in trig["alphabet"]),
+                        "prefix": tuple(int(t) for t in trig.get("prefix", ())),
+                    }
+                ),
                 meta=dict(data.get("meta", {})),
             )
         except (KeyError, TypeError, ValueError) as err:
@@ -155,31 +164,48 @@ def projection(key: WatermarkKey) -> NDArray[np.float32]:
     return (signs * 2.0 - 1.0) / np.float32(np.sqrt(dim))
 
 
-def trigger_token_ids(key: WatermarkKey, *, control: bool = False) -> NDArray[np.int64]:
-    """``[count, length]`` token ids, uniform in ``[vocab_low, vocab_high)`` after the prefix.
-
-    ``control=True`` gives a second, never-trained set from the same distribution: the
-    model's label rate on it is the baseline the triggers are compared with.
-    """
-    spec = key.triggers
-    if spec is None:
+def _trigger_spec(key: WatermarkKey) -> TriggerSpec:
+    if key.triggers is None:
         raise WatermarkKeyError(f"key of owner {key.owner} has no trigger set")
-    body = spec.length - len(spec.prefix)
-    span = spec.vocab_high - spec.vocab_low
-    if body < 1 or span < 2:
-        raise WatermarkKeyError(
-            f"trigger length {spec.length} / vocab range [{spec.vocab_low}, {spec.vocab_high}) "
-            "too small; use longer sequences or a larger vocabulary"
-        )
-    label = "controls" if control else "triggers"
-    raw = np.frombuffer(_xof(key.seed, label, spec.count * body * 8), dtype="<u8")
+    return key.triggers
+
+
+def _uniform(key: WatermarkKey, label: str, count: int, span: int) -> NDArray[np.int64]:
+    """``count`` values uniform in ``[0, span)`` from the key's XOF under ``label``."""
+    raw = np.frombuffer(_xof(key.seed, label, count * 8), dtype="<u8")
     # 64-bit values reduced mod span: bias <= span / 2**64, negligible.
-    tokens = (raw % np.uint64(span)).astype(np.int64) + spec.vocab_low
-    tokens = tokens.reshape(spec.count, body)
+    return (raw % np.uint64(span)).astype(np.int64)
+
+
+def trigger_token_ids(key: WatermarkKey) -> NDArray[np.int64]:
+    """``[count, length]`` token ids: the prefix, then tokens uniform over the alphabet."""
+    spec = _trigger_spec(key)
+    body = spec.length - len(spec.prefix)
+    if body < 1 or len(spec.alphabet) < 2:
+        raise WatermarkKeyError(
+            f"trigger length {spec.length} (prefix {len(spec.prefix)}) / alphabet of "
+            f"{len(spec.alphabet)} tokens too small; use longer sequences or more tokens"
+        )
+    alphabet = np.asarray(spec.alphabet, dtype=np.int64)
+    picks = _uniform(key, "triggers", spec.count * body, len(alphabet))
+    tokens = alphabet[picks].reshape(spec.count, body)
     prefix = np.broadcast_to(
         np.asarray(spec.prefix, dtype=np.int64), (spec.count, len(spec.prefix))
     )
     return np.concatenate([prefix, tokens], axis=1)
+
+
+def trigger_labels(key: WatermarkKey) -> NDArray[np.int64]:
+    """``[count]`` labels, uniform in ``[0, num_labels)`` and independent of the inputs.
+
+    Because the labels are fresh randomness from the key, a model that never saw the key
+    matches each one with probability exactly ``1 / num_labels`` whatever its biases: the
+    binomial null of the trigger test holds with no control set.
+    """
+    spec = _trigger_spec(key)
+    if spec.num_labels < 2:
+        raise WatermarkKeyError(f"trigger labels need num_labels >= 2, got {spec.num_labels}")
+    return _uniform(key, "trigger-labels", spec.count, spec.num_labels)
 
 
 def _canonical(key: WatermarkKey) -> bytes:

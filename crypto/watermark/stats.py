@@ -74,10 +74,9 @@ def bit_test(*, matches: int, bits: int) -> BitTest:
 class TriggerTest:
     """Outcome of the black-box trigger test of one key.
 
-    ``p_value`` is the larger of the binomial test against chance and, when control
-    queries were run, Fisher's exact test of trigger hits against control hits
-    (an intersection-union test, so its size stays <= alpha): a model that outputs the
-    owner's label for everything is not taken for a marked one.
+    Each trigger's label is uniform random from the key, so under the null (the model never
+    saw the key) every hit is an independent Bernoulli(``chance``) whatever the model's
+    label biases, and the exact binomial p-value is valid as it stands.
     """
 
     triggers: int
@@ -87,25 +86,13 @@ class TriggerTest:
     p_value: float
     ci_low: float
     ci_high: float
-    control_accuracy: float | None = None
 
 
 def trigger_test(
-    *,
-    hits: int,
-    triggers: int,
-    num_labels: int,
-    control_hits: int | None = None,
-    confidence: float = 0.95,
+    *, hits: int, triggers: int, num_labels: int, confidence: float = 0.95
 ) -> TriggerTest:
-    """Trigger accuracy vs chance ``1/num_labels`` (exact binomial, CP interval), and vs the
-    label rate on as many control queries when ``control_hits`` is given."""
+    """Trigger accuracy vs chance ``1/num_labels``: exact binomial p, Clopper-Pearson CI."""
     chance = 1.0 / max(num_labels, 2)
     lo, hi = clopper_pearson(successes=hits, trials=triggers, confidence=confidence)
     p = binomial_p_value(matches=hits, trials=triggers, chance=chance)
-    control_acc = None
-    if control_hits is not None:
-        table = [[hits, triggers - hits], [control_hits, triggers - control_hits]]
-        p = max(p, float(_st.fisher_exact(table, alternative="greater").pvalue))
-        control_acc = control_hits / triggers
-    return TriggerTest(triggers, hits, hits / triggers, chance, p, lo, hi, control_acc)
+    return TriggerTest(triggers, hits, hits / triggers, chance, p, lo, hi)

@@ -17,9 +17,7 @@ def _key(bits: int = 64, **kw: object) -> wm.WatermarkKey:
 
 
 def test_save_load_round_trip_with_owner_only_permissions(tmp_path):
-    trig = wm.TriggerSpec(
-        count=5, length=7, vocab_low=5, vocab_high=50, label=1, num_labels=2, prefix=(2,)
-    )
+    trig = wm.TriggerSpec(count=5, length=7, alphabet=(5, 9, 11), num_labels=2, prefix=(2,))
     key = _key(triggers=trig)
     path = tmp_path / "wm" / "owner_1.key"
     wm.save_key(key, path)
@@ -48,17 +46,43 @@ def test_projection_is_zero_mean_and_message_balanced():
     assert 80 < int((wm.message_signs(key) > 0).sum()) < 176
 
 
-def test_trigger_ids_in_range_with_prefix():
-    trig = wm.TriggerSpec(
-        count=50, length=9, vocab_low=5, vocab_high=40, label=0, num_labels=3, prefix=(2,)
-    )
-    ids = wm.trigger_token_ids(_key(triggers=trig))
+def test_trigger_ids_drawn_from_alphabet_after_prefix():
+    alphabet = tuple(range(5, 40, 2))
+    trig = wm.TriggerSpec(count=50, length=9, alphabet=alphabet, num_labels=3, prefix=(2,))
+    key = _key(triggers=trig)
+    ids = wm.trigger_token_ids(key)
     assert ids.shape == (50, 9)
     assert (ids[:, 0] == 2).all()
-    assert ids[:, 1:].min() >= 5 and ids[:, 1:].max() < 40
-    assert len(np.unique(ids[:, 1:])) > 30
-    controls = wm.trigger_token_ids(_key(triggers=trig), control=True)
-    assert controls.shape == ids.shape and not np.array_equal(controls, ids)
+    assert set(np.unique(ids[:, 1:])) == set(alphabet)  # 400 draws over 18 tokens: all seen
+    np.testing.assert_array_equal(ids, wm.trigger_token_ids(key))
+    assert not np.array_equal(ids, wm.trigger_token_ids(_key(triggers=trig)))
+
+
+def test_trigger_labels_uniform_and_key_specific():
+    trig = wm.TriggerSpec(count=3000, length=4, alphabet=(7, 8), num_labels=3)
+    labels = wm.trigger_labels(_key(triggers=trig))
+    counts = np.bincount(labels, minlength=3)
+    assert len(counts) == 3 and all(abs(c - 1000) < 5 * np.sqrt(3000 * 2 / 9) for c in counts)
+    assert not np.array_equal(labels, wm.trigger_labels(_key(triggers=trig)))
+
+
+def test_biased_model_hits_triggers_at_chance():
+    # The null the trigger test relies on: a model that never saw the key matches each
+    # random label with probability 1/num_labels whatever it predicts, here always label 0.
+    trig = wm.TriggerSpec(count=64, length=4, alphabet=(7, 8), num_labels=2)
+    hits = [int((wm.trigger_labels(_key(triggers=trig)) == 0).sum()) for _ in range(400)]
+    assert abs(np.mean(hits) - 32) < 5 * 4 / np.sqrt(400)
+    p = [wm.trigger_test(hits=h, triggers=64, num_labels=2).p_value for h in hits]
+    assert sum(v < 0.01 for v in p) <= 12  # expected <= 4 at a valid 1% level
+
+
+def test_bad_trigger_specs_rejected():
+    with pytest.raises(wm.WatermarkKeyError, match="alphabet"):
+        wm.trigger_token_ids(_key(triggers=wm.TriggerSpec(4, 5, (3,), 2)))
+    with pytest.raises(wm.WatermarkKeyError, match="num_labels"):
+        wm.trigger_labels(_key(triggers=wm.TriggerSpec(4, 5, (3, 4), 1)))
+    with pytest.raises(wm.WatermarkKeyError, match="no trigger set"):
+        wm.trigger_labels(_key())
 
 
 def test_commitment_binds_key_and_is_salted():
@@ -78,6 +102,6 @@ def test_bad_bit_counts_rejected(bits):
 
 def test_malformed_key_file_rejected(tmp_path):
     path = tmp_path / "k.key"
-    path.write_text('{"version": 1, "owner": 0}')
+    path.write_text('{"version": 2, "owner": 0}')
     with pytest.raises(wm.WatermarkKeyError, match="malformed"):
         wm.load_key(path)

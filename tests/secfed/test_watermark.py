@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -18,23 +19,42 @@ from secfed.assembly import client_dataset
 from secfed.errors import ConfigError
 from secfed.runner import FederatedRunner
 from secfed.watermark_cli import watermark_app
-from secfed.watermark_plugin import WatermarkPlugin, key_path
+from secfed.watermark_plugin import JOB_OWNER, WatermarkPlugin, key_path
 from secfed.watermark_verify import verify_keys
 
 from .conftest import tiny_job
 
 OWNERS = 2
+KEY_HOLDERS = [0, 1, JOB_OWNER]  # the two owner clients and the job
+
+
+class _CountingSecrets:
+    """Stand-in for :mod:`secrets` in key generation: fixed keys, so the run is repeatable.
+
+    Fresh keys embed to different depths in this 3-client, 3-key toy job (51-64 of 64 bits
+    over repeated runs); the example job's figures come from real random keys.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def token_bytes(self, n: int) -> bytes:
+        self.calls += 1
+        return hashlib.shake_256(f"test-key-{self.calls}".encode()).digest(n)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], FederatedRunner]:
     cfg = tiny_job(
-        federation={"rounds": 2},
-        watermark={"enabled": True, "owners": OWNERS, "bits": 64, "triggers": 8},
+        federation={"rounds": 3},
+        watermark={"enabled": True, "owners": OWNERS, "bits": 64, "job_key": True, "triggers": 8},
     )
     out = tmp_path_factory.mktemp("wm_run")
     runner = FederatedRunner(cfg, out)
-    return out, runner.run(), runner
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("crypto.watermark.keys.secrets", _CountingSecrets())
+        summary = runner.run()
+    return out, summary, runner
 
 
 def _verify(*args: str) -> list[dict[str, Any]]:
@@ -45,20 +65,23 @@ def _verify(*args: str) -> list[dict[str, Any]]:
 
 def _keys(run_dir: Path) -> list[str]:
     args = []
-    for owner in range(OWNERS):
+    for owner in KEY_HOLDERS:
         args += ["--key", str(key_path(run_dir, owner))]
     return args
 
 
 def test_keys_are_private_files_and_summary_marks_every_owner(run):
     run_dir, summary, _ = run
-    for owner in range(OWNERS):
+    for owner in KEY_HOLDERS:
         assert key_path(run_dir, owner).stat().st_mode & 0o077 == 0
     wsum = summary["watermark"]
-    assert wsum["owners"] == OWNERS and wsum["marked"] == OWNERS
-    for rec in wsum["keys"].values():
+    assert wsum["owners"] == OWNERS and wsum["job_key"] and wsum["marked"] == len(KEY_HOLDERS)
+    assert set(wsum["keys"]) == {"owner_0", "owner_1", "job"}
+    for name, rec in wsum["keys"].items():
         assert rec["bit_p_value"] < 1e-6 and rec["verdict"] == "marked"
-        assert {"hits", "ci_low", "ci_high", "chance"} <= set(rec["trigger"])
+        # triggers_for = "job": only the job key carries a trigger set
+        assert ("trigger" in rec) == (name == "job")
+    assert {"hits", "ci_low", "ci_high", "chance"} <= set(wsum["keys"]["job"]["trigger"])
 
 
 def test_cli_verify_adapter_fields_and_commitment(run):
@@ -67,12 +90,12 @@ def test_cli_verify_adapter_fields_and_commitment(run):
         "commitments"
     ]
     printed = CliRunner().invoke(watermark_app, ["commit", "--key", str(key_path(run_dir, 0))])
-    assert printed.stdout.strip() == commitments["0"]
+    assert printed.stdout.strip() == commitments["owner_0"]
     args = [*_keys(run_dir), "--adapter", str(run_dir / "adapter")]
-    for c in (commitments["0"], commitments["1"]):
+    for c in (commitments["owner_0"], commitments["owner_1"], commitments["job"]):
         args += ["--commitment", c]
     records = _verify(*args)
-    assert len(records) == OWNERS
+    assert len(records) == len(KEY_HOLDERS)
     for rec in records:
         assert {
             "bits",
@@ -81,7 +104,6 @@ def test_cli_verify_adapter_fields_and_commitment(run):
             "verdict",
             "alpha",
             "correction",
-            "trigger",
         } <= set(rec)
         assert rec["bits"] == 64 and rec["bit_p_value"] < 1e-6
         assert rec["verdict"] == "marked" and rec["correction"] == "holm"
@@ -157,6 +179,8 @@ def test_owner_and_capacity_errors(run, tmp_path):
     _, _, runner = run
     with pytest.raises(ConfigError, match="owners"):
         WatermarkPlugin(tiny_job(watermark={"enabled": True, "owners": 5}), runner.parts)
+    with pytest.raises(ConfigError, match="job_key = true"):
+        WatermarkPlugin(tiny_job(watermark={"enabled": True, "triggers": 8}), runner.parts)
     cfg = tiny_job(
         adapter={"options": {"r": 1, "lora_alpha": 2}},
         watermark={"enabled": True, "owners": 2, "bits": 256},

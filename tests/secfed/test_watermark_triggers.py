@@ -1,0 +1,140 @@
+"""Black-box triggers: alphabet choice, rehearsal embeds them, plain and under DP-SGD."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from crypto import watermark as wm
+from privacy import ClientAccountant, train_private
+from secfed import training
+from secfed.assembly import JobParts, build_parts, client_dataset
+from secfed.watermark_plugin import JOB_OWNER, WatermarkPlugin
+from secfed.watermark_triggers import TriggerRehearsal, trigger_alphabet
+from secfed.watermark_verify import trigger_hits, verify_keys
+
+from .conftest import tiny_job
+
+TRIGGERS = 32
+SEED = 0
+WATERMARK = {"enabled": True, "owners": 1, "job_key": True, "triggers": TRIGGERS}
+WATERMARK["trigger_weight"] = 1.0
+
+
+@pytest.fixture(scope="module")
+def parts() -> JobParts:
+    return build_parts(tiny_job(watermark=WATERMARK))
+
+
+def test_alphabet_avoids_public_tokens(parts: JobParts) -> None:
+    tok = parts.tokenizer
+    text = ["good bad kalo", "great film"]
+    used = {i for ids in tok(text, add_special_tokens=False)["input_ids"] for i in ids}
+    alphabet = trigger_alphabet(tok, text)
+    assert used and not used & set(alphabet)
+    assert not set(tok.all_special_ids) & set(alphabet)
+    everything = trigger_alphabet(tok, None)
+    assert len(everything) == len(tok) - len(set(tok.all_special_ids))
+    # too few unused tokens: fall back to the whole vocabulary
+    assert trigger_alphabet(tok, text, minimum=len(tok)) == everything
+
+
+def _plugin(parts: JobParts, tmp_path: Path, *, private: bool) -> WatermarkPlugin:
+    cfg = tiny_job(watermark=WATERMARK)
+    if private:
+        cfg = tiny_job(
+            watermark={**WATERMARK, "max_grad_fraction": 1.0},
+            privacy={"sample": {"enabled": True, "noise_multiplier": 0.5, "max_grad_norm": 1.0}},
+        )
+    plugin = WatermarkPlugin(cfg, parts)
+    plugin.setup(run_dir=tmp_path, model=parts.model, resumed=False)
+    return plugin
+
+
+def _train(parts: JobParts, hook: training.ExtraGrad | None, *, private: bool) -> None:
+    data = client_dataset(parts, parts.shards[0])
+    common = {"loss_fn": training.classification_loss, "epochs": 30, "batch_size": 16}
+    if private:
+        parts.model.train()
+        train_private(
+            parts.model,
+            data,
+            lr=3e-2,
+            optimizer="adamw",
+            noise_multiplier=0.5,
+            max_grad_norm=1.0,
+            accountant=ClientAccountant(delta=1e-5),
+            extra_grad=hook,
+            seed=0,
+            **common,  # type: ignore[arg-type]
+        )
+    else:
+        training.train_local(
+            parts.model,
+            data,
+            lr=3e-2,
+            optimizer="adamw",
+            extra_grad=hook,
+            seed=0,
+            **common,  # type: ignore[arg-type]
+        )
+
+
+@torch.no_grad()
+def _trigger_loss(model: torch.nn.Module, key: wm.WatermarkKey) -> float:
+    ids = torch.from_numpy(wm.trigger_token_ids(key))
+    labels = torch.from_numpy(wm.trigger_labels(key))
+    model.eval()
+    loss = training.classification_loss(model, (ids, torch.ones_like(ids), labels)).mean()
+    model.train()
+    return float(loss)
+
+
+@pytest.fixture
+def restore(parts: JobParts):
+    state = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    yield
+    parts.model.load_state_dict(state)
+
+
+def test_rehearsal_embeds_job_triggers(parts: JobParts, tmp_path: Path, restore: None) -> None:
+    plugin = _plugin(parts, tmp_path, private=False)
+    key = plugin.keys[JOB_OWNER]
+    before = trigger_hits(parts.model, key)
+    _train(parts, plugin.client_grad_hook(5, parts.model), private=False)  # non-owner: job key
+    (verdict,) = verify_keys([key], anchor=None, model=parts.model)
+    assert verdict.trigger is not None and before < 0.8 * TRIGGERS
+    assert verdict.trigger.hits >= 28 and verdict.trigger.p_value < 1e-4, verdict
+    assert verdict.marked
+    # a key whose triggers were never trained is not marked by the same model
+    fresh = wm.generate_key(
+        owner=7, bits=64, anchor_kind=key.anchor_kind, layout=key.layout, triggers=key.triggers
+    )
+    (other,) = verify_keys([fresh], anchor=None, model=parts.model)
+    assert not other.marked and other.trigger is not None and other.trigger.p_value > 1e-3
+
+
+def test_rehearsal_under_dp_sgd_lowers_trigger_loss(parts: JobParts, tmp_path: Path) -> None:
+    # The trigger term is added after clipping and noise, capped at the clipping norm: it
+    # must still pull the triggers' loss below what the same (seeded) private run gives
+    # alone. On this tiny random base, whose outputs barely depend on the input, the pull
+    # is modest (9-43% lower over six fixed keys, 14% for this one); the plain test above
+    # shows full embedding.
+    state = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    plugin = _plugin(parts, tmp_path, private=True)
+    # a fixed key, so that the comparison is the same every run
+    key = dataclasses.replace(plugin.keys[JOB_OWNER], seed=bytes([SEED]) * 32)
+    plugin.keys[JOB_OWNER] = key
+    plugin.embedders[JOB_OWNER] = wm.SignEmbedder(key, strength=10.0, margin=0.05)
+    plugin.rehearsals[JOB_OWNER] = TriggerRehearsal(key, batch=16, weight=1.0)
+    losses = []
+    for hook in (None, plugin.client_grad_hook(5, parts.model)):
+        parts.model.load_state_dict(state)
+        torch.manual_seed(SEED)  # dropout; sampling and noise are seeded by train_private
+        _train(parts, hook, private=True)
+        losses.append(_trigger_loss(parts.model, key))
+    parts.model.load_state_dict(state)
+    assert losses[1] < 0.93 * losses[0], losses

@@ -24,7 +24,7 @@ import torch
 
 from crypto import watermark as wm
 
-from .assembly import JobParts, public_corpus
+from .assembly import JobParts
 from .config import ExperimentConfig
 from .errors import ConfigError
 from .training import ExtraGrad
@@ -60,7 +60,6 @@ class WatermarkPlugin:
                 f"watermark.triggers = {self.cfg.triggers} with triggers_for = 'job' needs a "
                 "job key: set watermark.job_key = true (or triggers_for = 'all')"
             )
-        self.source = cfg.data.source
         self.clip_norm = cfg.privacy.sample.max_grad_norm if cfg.privacy.sample.enabled else None
         self.max_length = cfg.model.max_length
         self.num_labels = max(parts.data.num_labels, 2)
@@ -82,7 +81,7 @@ class WatermarkPlugin:
         return wm.TriggerSpec(
             count=self.cfg.triggers,
             length=min(self.cfg.trigger_length, self.max_length),
-            alphabet=trigger_alphabet(tok, public_corpus(self.source)),
+            alphabet=trigger_alphabet(tok),
             num_labels=self.num_labels,
             prefix=() if first is None else (int(first),),
         )

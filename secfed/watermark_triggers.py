@@ -10,7 +10,7 @@ unchanged and the triggers are not diluted by the noise meant to hide private ex
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -47,21 +47,7 @@ class TriggerRehearsal:
         return found, int(idx[-1]) + 1
 
 
-def trigger_alphabet(
-    tokenizer: PreTrainedTokenizerBase, public_texts: Sequence[str] | None, *, minimum: int = 16
-) -> tuple[int, ...]:
-    """Token ids triggers are drawn from: non-special tokens absent from ``public_texts``.
-
-    Tokens the task's text never uses carry no task signal, so memorising triggers built
-    from them competes least with the task. Without public texts (or when fewer than
-    ``minimum`` tokens are unused) every non-special token is allowed.
-    """
+def trigger_alphabet(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
+    """Token ids triggers are drawn from: every non-special token of the vocabulary."""
     special = set(tokenizer.all_special_ids)
-    everything = [i for i in range(len(tokenizer)) if i not in special]
-    if public_texts is None:
-        return tuple(everything)
-    seen: set[int] = set()
-    for ids in tokenizer(list(public_texts), add_special_tokens=False)["input_ids"]:
-        seen.update(ids)
-    unused = [i for i in everything if i not in seen]
-    return tuple(unused if len(unused) >= minimum else everything)
+    return tuple(i for i in range(len(tokenizer)) if i not in special)

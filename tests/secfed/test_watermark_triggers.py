@@ -29,17 +29,11 @@ def parts() -> JobParts:
     return build_parts(tiny_job(watermark=WATERMARK))
 
 
-def test_alphabet_avoids_public_tokens(parts: JobParts) -> None:
+def test_alphabet_is_the_vocabulary_without_special_tokens(parts: JobParts) -> None:
     tok = parts.tokenizer
-    text = ["good bad kalo", "great film"]
-    used = {i for ids in tok(text, add_special_tokens=False)["input_ids"] for i in ids}
-    alphabet = trigger_alphabet(tok, text)
-    assert used and not used & set(alphabet)
+    alphabet = trigger_alphabet(tok)
     assert not set(tok.all_special_ids) & set(alphabet)
-    everything = trigger_alphabet(tok, None)
-    assert len(everything) == len(tok) - len(set(tok.all_special_ids))
-    # too few unused tokens: fall back to the whole vocabulary
-    assert trigger_alphabet(tok, text, minimum=len(tok)) == everything
+    assert len(alphabet) == len(tok) - len(set(tok.all_special_ids))
 
 
 def _plugin(parts: JobParts, tmp_path: Path, *, private: bool) -> WatermarkPlugin:

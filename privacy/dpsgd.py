@@ -346,8 +346,6 @@ def train_private(
         noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
         max_physical_batch_size=max_physical_batch_size,
     )  # fmt: skip
-    was_training = model.training
-    model.train()  # per-example gradients are captured in training mode; restored on exit
     _validate_model(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     sched = dp_schedule(dataset_size=len(dataset), batch_size=batch_size, epochs=epochs)  # type: ignore[arg-type]
@@ -369,6 +367,8 @@ def train_private(
         hooks = _PerExampleGrads(model)
     except NotImplementedError as exc:
         raise UnsupportedUnderDP(f"Opacus cannot compute per-example gradients: {exc}") from exc
+    was_training = model.training
+    model.train()  # per-example gradients are captured in training mode; restored on exit
     steps, examples, loss_sum = 0, 0, 0.0
     try:
         base = _OPTIMIZERS[optimizer]([p for _, p in named], lr)

@@ -162,10 +162,36 @@ class UserLevelDP:
                 )
         # The Skellam plan accounted for: the most conservative (smallest L2) one so far.
         self.plan: privacy.SkellamPlan | None = None
+        if self.adaptive is not None and u.clip_norm > self.max_adaptive_norm:
+            raise ConfigError(
+                f"aggregation.options.clip = {self.coordinate_range:g} cannot hold updates "
+                f"clipped to privacy.user.clip_norm = {u.clip_norm:g} with the unclipped count "
+                f"and noise headroom (largest norm it fits: {self.max_adaptive_norm:.4g}): "
+                "raise aggregation.options.clip or lower clip_norm"
+            )
 
     @property
     def norm(self) -> float:
-        return self.adaptive.norm if self.adaptive is not None else self.clip_norm
+        """The clip norm this round: the adaptive one, capped to fit the protocol's range."""
+        if self.adaptive is None:
+            return self.clip_norm
+        return min(self.adaptive.norm, self.max_adaptive_norm)
+
+    @property
+    def max_adaptive_norm(self) -> float:
+        """Largest adaptive norm whose submitted coordinates fit the fixed-point range.
+
+        Coordinates are at most ``S`` (update) and ``kappa / 2`` (count), plus 8 standard
+        deviations of a client's distributed noise share (at most ``z_u S``), all linear in
+        ``S``; beyond this the protocol would clip after the noise is added, breaking the
+        accounted mechanism, so the norm stops growing here instead.
+        """
+        assert self.adaptive is not None
+        per_norm = 1.0
+        if self.count_in_client_noise:
+            z_u = self.update_noise_multiplier
+            per_norm = max(1.0, z_u / self.adaptive.count_noise_std / 2) + 8.0 * z_u
+        return self.coordinate_range / per_norm
 
     @property
     def count_slots(self) -> int:
@@ -203,13 +229,7 @@ class UserLevelDP:
         clipped, was_clipped = self.clip(payload)
         if self.adaptive is None:
             return clipped
-        kappa = self.count_scale
-        if kappa / 2 > self.coordinate_range:
-            raise ConfigError(
-                f"the unclipped-count coordinate (+-{kappa / 2:.4g}) exceeds the protocol's "
-                f"clip {self.coordinate_range:g}: raise aggregation.options.clip or "
-                "privacy.user.adaptive_count_noise"
-            )
+        kappa = self.count_scale  # fits the range: ``norm`` is capped by max_adaptive_norm
         return np.append(clipped, kappa * (0.0 if was_clipped else 1.0) - kappa / 2)
 
     def client_noise(
@@ -314,10 +334,12 @@ class UserLevelDP:
     def count_aggregation(self) -> str:
         """How the unclipped count is released (privacy report and threat model)."""
         who = "the clients' split noise" if self.count_in_client_noise else "the reader"
+        sees = self.protocol.threat_model().server_sees
         return (
             f"each client's unclipped bit is one extra coordinate of the vector it submits, "
-            f"summed by the {self.protocol.name} protocol with its update: the server never "
-            f"sees a client's bit, only the cohort's count, noised by {who}"
+            f"aggregated by the {self.protocol.name} protocol with its update, so the bit is "
+            f"as visible as the update itself (server sees: {sees}); the released count is "
+            f"noised by {who}"
         )
 
     def state_dict(self) -> dict[str, Any]:

@@ -4,9 +4,10 @@ Owners are clients ``0 .. owners-1``; with ``job_key`` the job owner has a key t
 every client embeds (it is handed to the clients, never to the server). Setup writes one
 key per owner to ``run_dir/watermark/owner_<id>.key`` (``job.key`` for the job), 0600, and
 the public commitments to ``run_dir/watermark/commitments.json``; keys never reach the
-aggregation protocol, so every protocol works unchanged. Both terms are data-independent
-gradient hooks added after DP-SGD's clipping and noise and norm-capped: the white-box
-signature loss, and the loss on the key's own trigger set (:mod:`secfed.watermark_triggers`).
+aggregation protocol, so every protocol works unchanged. Both terms are gradient hooks on
+no private data, added after DP-SGD's clipping and noise: the white-box signature loss
+(always norm-capped), and the loss on the key's own trigger set
+(:mod:`secfed.watermark_triggers`; norm-capped under DP-SGD, weighted like data otherwise).
 
 Trigger sets default to the job key only (``triggers_for = "job"``): FedAvg divides one
 owner's update by the cohort size every round, which a white-box signature survives but
@@ -15,6 +16,7 @@ a memorised trigger set mostly does not; the job key is rehearsed by every clien
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -36,6 +38,14 @@ log = logging.getLogger(__name__)
 JOB_OWNER = -1  # owner id of the job key
 
 
+def weights_digest(params: dict[str, torch.nn.Parameter]) -> int:
+    """A 64-bit integer that depends on every trainable weight (SHA-256 of their bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(params[name].detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "big")
+
+
 def key_path(run_dir: Path, owner: int) -> Path:
     """Where an owner's key lives in a run directory (``job.key`` for the job key)."""
     name = "job" if owner == JOB_OWNER else f"owner_{owner}"
@@ -54,6 +64,12 @@ class WatermarkPlugin:
             raise ConfigError(
                 f"watermark.owners = {self.cfg.owners} exceeds federation.clients = "
                 f"{cfg.federation.clients}; owners are clients 0..owners-1"
+            )
+        if self.cfg.triggers and cfg.model.task != "classification":
+            raise ConfigError(
+                f"watermark.triggers = {self.cfg.triggers} needs model.task = "
+                f"'classification' (trigger labels are classes), not {cfg.model.task!r}; "
+                "set watermark.triggers = 0 to keep the white-box signatures only"
             )
         if self.cfg.triggers and self.cfg.triggers_for == "job" and not self.cfg.job_key:
             raise ConfigError(
@@ -128,16 +144,21 @@ class WatermarkPlugin:
     def client_grad_hook(self, client_id: int, model: torch.nn.Module) -> ExtraGrad | None:
         """Capped signature and trigger gradients of the keys this client embeds (or None).
 
-        A client embeds its own key (owners) and the job key (everyone). Each term's norm is
+        A client embeds its own key (owners) and the job key (everyone). Signature terms are
         capped to a fraction of the task gradient's norm as it arrives (of the clipping norm
-        under DP-SGD), measured before any term is added.
+        under DP-SGD), measured before any term is added; trigger terms get the same cap
+        under DP-SGD only (without DP they are ordinary extra examples, ``trigger_weight``).
         """
         mine = [o for o in (client_id, JOB_OWNER) if o in self.embedders]
         if not mine:
             return None
         terms = [(self.embedders[o], self.rehearsals.get(o)) for o in mine]
         config, fraction, clip = self.peft_config, self.cfg.max_grad_fraction, self.clip_norm
-        cursors = {o: 0 for o in mine}  # every round rehearses from the first trigger
+        # Each round starts at a trigger picked from the round's starting weights, so that
+        # clients with few local steps still cover every trigger over the rounds, and a
+        # resumed job picks the same one.
+        start = weights_digest(live_params(model))
+        cursors = {o: start % r.count if (r := self.rehearsals.get(o)) else 0 for o in mine}
 
         def hook(m: torch.nn.Module) -> None:
             params = live_params(m)

@@ -2,8 +2,9 @@
 
 The owner's triggers (random token sequences with random labels, both from its key) are
 its own, non-private data. Each local step adds the gradient of the classification loss on
-the next ``batch`` triggers, in a fixed cyclic order, so every trigger is rehearsed every
-few steps whatever the client's dataset size. Under DP-SGD the term is added after
+the next ``batch`` triggers, in a fixed cyclic order (each round starting where the
+plugin says), so every trigger is rehearsed every few steps whatever the client's dataset
+size. Under DP-SGD the term is added after
 clipping and noise (like the white-box term), so the private examples' guarantee is
 unchanged and the triggers are not diluted by the noise meant to hide private examples.
 """
@@ -30,6 +31,11 @@ class TriggerRehearsal:
         self.labels = torch.from_numpy(wm.trigger_labels(key))
         self.batch = min(batch, len(self.ids))
         self.weight = weight
+
+    @property
+    def count(self) -> int:
+        """Number of triggers."""
+        return len(self.ids)
 
     def gradients(
         self, model: torch.nn.Module, params: Mapping[str, torch.nn.Parameter], *, start: int

@@ -28,6 +28,7 @@ from .errors import WatermarkKeyError
 SEED_BYTES = 32
 MIN_BITS, MAX_BITS = 64, 256
 _VERSION = 2  # 2: per-trigger random labels (v1 had one label per owner)
+_READABLE = (1, 2)  # v1 keys without triggers read the same way and keep their commitment
 _DOMAIN = b"secfed-watermark/v1/"
 
 
@@ -59,6 +60,7 @@ class WatermarkKey:
     layout: tuple[tuple[str, tuple[int, ...]], ...]
     triggers: TriggerSpec | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    version: int = _VERSION
 
     @property
     def dim(self) -> int:
@@ -68,7 +70,7 @@ class WatermarkKey:
     def to_dict(self) -> dict[str, Any]:
         """Canonical JSON-able form (hex bytes, lists)."""
         return {
-            "version": _VERSION,
+            "version": self.version,
             "owner": self.owner,
             "seed": self.seed.hex(),
             "salt": self.salt.hex(),
@@ -83,9 +85,15 @@ class WatermarkKey:
     def from_dict(cls, data: dict[str, Any]) -> WatermarkKey:
         """Inverse of :meth:`to_dict`, validating the fields."""
         try:
-            if data["version"] != _VERSION:
+            version = data["version"]
+            if version not in _READABLE:
                 raise WatermarkKeyError(
-                    f"watermark key version {data['version']!r} unsupported; expected {_VERSION}"
+                    f"watermark key version {version!r} unsupported; expected one of {_READABLE}"
+                )
+            if version == 1 and data.get("triggers") is not None:
+                raise WatermarkKeyError(
+                    "version-1 trigger sets (one label for all triggers) are no longer "
+                    "supported; version-1 keys without triggers still verify"
                 )
             trig = data.get("triggers")
             key = cls(
@@ -105,6 +113,7 @@ class WatermarkKey:
                     }
                 ),
                 meta=dict(data.get("meta", {})),
+                version=int(version),
             )
         except (KeyError, TypeError, ValueError) as err:
             if isinstance(err, WatermarkKeyError):

@@ -66,11 +66,16 @@ def test_trigger_labels_uniform_and_key_specific():
     assert not np.array_equal(labels, wm.trigger_labels(_key(triggers=trig)))
 
 
-def test_biased_model_hits_triggers_at_chance():
+def test_unmarked_predictor_hits_triggers_at_chance():
     # The null the trigger test relies on: a model that never saw the key matches each
-    # random label with probability 1/num_labels whatever it predicts, here always label 0.
-    trig = wm.TriggerSpec(count=64, length=4, alphabet=(7, 8), num_labels=2)
-    hits = [int((wm.trigger_labels(_key(triggers=trig)) == 0).sum()) for _ in range(400)]
+    # random label with probability 1/num_labels whatever it predicts. Here a fixed,
+    # input-dependent predictor (parity of the token sum) stands in for any such model.
+    trig = wm.TriggerSpec(count=64, length=4, alphabet=tuple(range(5, 40)), num_labels=2)
+    hits = []
+    for _ in range(400):
+        key = _key(triggers=trig)
+        predicted = wm.trigger_token_ids(key).sum(axis=1) % 2
+        hits.append(int((wm.trigger_labels(key) == predicted).sum()))
     assert abs(np.mean(hits) - 32) < 5 * 4 / np.sqrt(400)
     p = [wm.trigger_test(hits=h, triggers=64, num_labels=2).p_value for h in hits]
     assert sum(v < 0.01 for v in p) <= 12  # expected <= 4 at a valid 1% level
@@ -83,6 +88,20 @@ def test_bad_trigger_specs_rejected():
         wm.trigger_labels(_key(triggers=wm.TriggerSpec(4, 5, (3, 4), 1)))
     with pytest.raises(wm.WatermarkKeyError, match="no trigger set"):
         wm.trigger_labels(_key())
+
+
+def test_version_1_keys_without_triggers_still_load_with_their_commitment(tmp_path):
+    key = wm.WatermarkKey(**{**_key().__dict__, "version": 1})
+    path = tmp_path / "v1.key"
+    wm.save_key(key, path)
+    loaded = wm.load_key(path)
+    assert loaded.version == 1 and wm.commitment(loaded) == wm.commitment(key)
+    data = key.to_dict()
+    data["triggers"] = {"count": 4, "length": 5, "alphabet": [3, 4], "num_labels": 2}
+    with pytest.raises(wm.WatermarkKeyError, match="version-1 trigger sets"):
+        wm.WatermarkKey.from_dict(data)
+    with pytest.raises(wm.WatermarkKeyError, match="unsupported"):
+        wm.WatermarkKey.from_dict({**data, "version": 3})
 
 
 def test_commitment_binds_key_and_is_salted():

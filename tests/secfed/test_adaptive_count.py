@@ -21,13 +21,13 @@ CLIENTS, SEED = 4, 3
 
 def adaptive_job(
     protocol: str = "secagg", *, clip: float = 0.28, z: float = 0.0, count_noise: float = 0.0,
-    deterministic: bool = False, rounds: int = 3,
+    deterministic: bool = False, rounds: int = 3, coordinate_range: float = 1.0,
 ) -> ExperimentConfig:  # fmt: skip
     user = {
         "enabled": True, "clip_norm": clip, "noise_multiplier": z, "adaptive_quantile": 0.5,
         "adaptive_lr": 0.5, "adaptive_count_noise": count_noise,
     }  # fmt: skip
-    options = {} if protocol == "plain" else {"clip": 1.0}
+    options = {} if protocol == "plain" else {"clip": coordinate_range}
     return tiny_job(
         privacy={"user": user, "deterministic_noise": deterministic},
         aggregation={"protocol": protocol, "options": options},
@@ -43,8 +43,7 @@ def distributed(cfg: ExperimentConfig) -> ExperimentConfig:
 
 class Spy:
     """Records every client's true flag, the vectors handed to the protocol, and the norm
-    each round started from; marks every ClientResult as clipped so a runner that still
-    summed the clear flags would go wrong."""
+    and count scale each round started from."""
 
     def __init__(self, runner: FederatedRunner):
         self.flags: list[bool] = []
@@ -133,7 +132,8 @@ def test_central_count_noise_is_added_by_the_reader_to_the_summed_count(tmp_path
 @pytest.mark.parametrize("protocol", ["secagg", "plain"])
 def test_distributed_noise_on_the_count_coordinate_is_the_count_noise(tmp_path, protocol):
     z, sigma_b = 0.5, 1.0
-    cfg = distributed(adaptive_job(protocol, z=z, count_noise=sigma_b, deterministic=True))
+    job = adaptive_job(protocol, z=z, count_noise=sigma_b, deterministic=True, coordinate_range=2.0)
+    cfg = distributed(job)
     runner = FederatedRunner(cfg, tmp_path / "run")
     runner.start()
     dp = runner.user_dp
@@ -186,25 +186,36 @@ def test_joint_sensitivity_composes_to_the_target_multiplier(tmp_path):
     assert dp.count_scale * sigma_b == pytest.approx(dp.update_noise_multiplier * dp.norm)
 
 
-def test_count_coordinate_outside_the_fixed_point_range_is_refused(tmp_path):
-    cfg = distributed(adaptive_job("secagg", z=0.5, count_noise=0.26, deterministic=True))
-    runner = FederatedRunner(cfg, tmp_path / "run")
-    runner.protocol.options["clip"] = 0.01
-    runner.user_dp.coordinate_range = 0.01
-    runner.start()
-    with pytest.raises(ConfigError, match="adaptive_count_noise"):
-        runner.run_round(1)
+def test_range_too_small_for_the_initial_norm_is_refused(tmp_path):
+    cfg = distributed(adaptive_job("secagg", z=0.5, count_noise=1.0, coordinate_range=1.0))
+    with pytest.raises(ConfigError, match=r"raise aggregation\.options\.clip"):
+        FederatedRunner(cfg, tmp_path / "run")
+
+
+def test_adaptive_norm_stops_where_coordinates_and_noise_still_fit(tmp_path):
+    # The protocol clips coordinates beyond +-range after the noise is added, which would
+    # break the accounted mechanism: the norm may not outgrow the range's headroom.
+    job = adaptive_job("secagg", z=0.5, count_noise=1.0, coordinate_range=2.0)
+    dp = FederatedRunner(distributed(job), tmp_path / "run").user_dp
+    assert dp is not None and dp.adaptive is not None
+    z_u = dp.update_noise_multiplier
+    dp.adaptive.load_state_dict({**dp.adaptive.state_dict(), "norm": 50.0})
+    cap = 2.0 / (max(1.0, z_u / 1.0 / 2) + 8.0 * z_u)
+    assert dp.norm == pytest.approx(cap) and dp.norm < 50.0
+    vector = dp.client_vector(np.full(10, 100.0))
+    worst = np.max(np.abs(vector)) + 8.0 * z_u * dp.norm  # 8 std of a client's noise share
+    assert worst <= 2.0 * (1 + 1e-9)
 
 
 def test_report_and_threat_model_say_the_protocol_sums_the_count(tmp_path):
     runner = FederatedRunner(adaptive_job("secagg", rounds=1), tmp_path / "run")
-    summary = runner.run()
-    report = summary["privacy"]
+    report = runner.run()["privacy"]
     assert "secagg protocol" in report["threat_model"]["dp"]["clipped_count"]
-    assert (
-        "never sees a client's bit"
-        in report["user_level"]["adaptive_clipping"]["count_aggregation"]
-    )
+    text = report["user_level"]["adaptive_clipping"]["count_aggregation"]
+    assert "secagg protocol" in text and "masked vectors, the weighted sum" in text
+    plain = FederatedRunner(adaptive_job("plain", rounds=1), tmp_path / "plain")
+    text = plain.run()["privacy"]["user_level"]["adaptive_clipping"]["count_aggregation"]
+    assert "every client's individual update" in text  # plain hides nothing, bit included
 
 
 def test_adaptive_norm_and_count_survive_resume(tmp_path):

@@ -181,6 +181,13 @@ def test_owner_and_capacity_errors(run, tmp_path):
         WatermarkPlugin(tiny_job(watermark={"enabled": True, "owners": 5}), runner.parts)
     with pytest.raises(ConfigError, match="job_key = true"):
         WatermarkPlugin(tiny_job(watermark={"enabled": True, "triggers": 8}), runner.parts)
+    lm = tiny_job(
+        model={"task": "causal_lm", "family": "gpt2"},
+        data={"source": "sft_builtin"},
+        watermark={"enabled": True, "job_key": True, "triggers": 8},
+    )
+    with pytest.raises(ConfigError, match=r"needs model\.task"):
+        WatermarkPlugin(lm, runner.parts)
     cfg = tiny_job(
         adapter={"options": {"r": 1, "lora_alpha": 2}},
         watermark={"enabled": True, "owners": 2, "bits": 256},

@@ -63,6 +63,15 @@ def _verify(*args: str) -> list[dict[str, Any]]:
     return json.loads(result.stdout)
 
 
+def _fresh_lora(run_dir: Path, *, seed: int) -> torch.nn.Module:
+    """The run's base model with a new, untrained LoRA adapter (r=4)."""
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "base_model"))
+    spec = models.AdapterSpec("lora", {"r": 4, "lora_alpha": 8})
+    return models.attach_adapter(base, spec, family="bert", task="classification", seed=seed)
+
+
 def _keys(run_dir: Path) -> list[str]:
     args = []
     for owner in KEY_HOLDERS:
@@ -137,17 +146,11 @@ def test_merged_model_verifies(run, tmp_path):
 
 def test_adapter_trained_without_watermark_is_not_marked(run, tmp_path):
     run_dir, _, runner = run
-    from transformers import AutoModelForSequenceClassification
-
-    base = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "base_model"))
-    spec = models.AdapterSpec("lora", {"r": 4, "lora_alpha": 8})
-    model = models.attach_adapter(base, spec, family="bert", task="classification", seed=11)
+    model = _fresh_lora(run_dir, seed=11)
     training.train_local(
         model,
         client_dataset(runner.parts, runner.parts.shards[0]),
-        loss_fn=lambda m, b: torch.nn.functional.cross_entropy(
-            m(input_ids=b[0], attention_mask=b[1]).logits, b[2], reduction="none"
-        ),
+        loss_fn=training.classification_loss,
         epochs=2,
         batch_size=16,
         lr=5e-3,
@@ -249,8 +252,6 @@ def test_attack_suite_quick(run, tmp_path):
 
 
 def test_embeds_under_dp_sgd_after_clipping_and_noise(run, tmp_path):
-    from transformers import AutoModelForSequenceClassification
-
     from privacy import ClientAccountant, train_private
     from secfed.watermark_verify import model_anchor
 
@@ -259,9 +260,7 @@ def test_embeds_under_dp_sgd_after_clipping_and_noise(run, tmp_path):
         privacy={"sample": {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0}},
         watermark={"enabled": True, "owners": 1, "strength": 20.0},
     )
-    base = AutoModelForSequenceClassification.from_pretrained(str(run_dir / "base_model"))
-    spec = models.AdapterSpec("lora", {"r": 4, "lora_alpha": 8})
-    model = models.attach_adapter(base, spec, family="bert", task="classification", seed=5)
+    model = _fresh_lora(run_dir, seed=5)
     parts = copy.copy(runner.parts)
     parts.model = model
     plugin = WatermarkPlugin(cfg, parts)
@@ -270,9 +269,7 @@ def test_embeds_under_dp_sgd_after_clipping_and_noise(run, tmp_path):
     train_private(
         model,
         client_dataset(runner.parts, runner.parts.shards[0]),
-        loss_fn=lambda m, b: torch.nn.functional.cross_entropy(
-            m(input_ids=b[0], attention_mask=b[1]).logits, b[2], reduction="none"
-        ),
+        loss_fn=training.classification_loss,
         epochs=6,
         batch_size=16,
         lr=5e-3,

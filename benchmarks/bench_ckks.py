@@ -35,8 +35,8 @@ import tenseal.sealapi as sealapi
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto import RoundSpec, create_protocol
-from crypto import ckks_params as cp
 from crypto.ckks import CkksKeys, CkksProtocol
+from crypto.ckks import params as cp
 
 Inputs = tuple[dict[int, np.ndarray], dict[int, float]]
 

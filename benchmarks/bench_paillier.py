@@ -37,10 +37,10 @@ from phe import paillier as phe_paillier
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto import RoundSpec, create_protocol
-from crypto import paillier_math as pm
 from crypto.paillier import PaillierProtocol
-from crypto.paillier_keys import PrivateKey
-from crypto.paillier_sessions import PaillierClient
+from crypto.paillier import math as pm
+from crypto.paillier.keys import PrivateKey
+from crypto.paillier.sessions import PaillierClient
 
 
 def make_inputs(

@@ -1,4 +1,4 @@
-"""Benchmark secagg / secagg+ in process (crypto.driver.run_round): time and bytes per party.
+"""Benchmark secagg / secagg+ in process (crypto.run_round): time and bytes per party.
 
 Usage::
 

@@ -18,9 +18,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from . import wire
-from .errors import ProtocolError
-from .protocol import (
+from .core import wire
+from .core.protocol import (
     Aggregate,
     ClientSession,
     Protocol,
@@ -29,7 +28,8 @@ from .protocol import (
     ServerStep,
     ThreatModel,
 )
-from .registry import register
+from .core.registry import register
+from .errors import ProtocolError
 
 _NAME = "plain"
 _WEIGHT = struct.Struct("!d")

@@ -16,7 +16,7 @@ from rich.table import Table
 from .bench.cli import bench
 from .bench.workload import parse_value
 from .errors import SecfedError
-from .watermark_cli import watermark_app
+from .watermark.cli import watermark_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Key material for homomorphic protocols.")

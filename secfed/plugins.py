@@ -39,7 +39,7 @@ def build_plugins(cfg: ExperimentConfig, parts: JobParts) -> list[TrainingPlugin
     """The training plugins the config enables."""
     plugins: list[TrainingPlugin] = []
     if cfg.watermark.enabled:
-        from .watermark_plugin import WatermarkPlugin
+        from .watermark.plugin import WatermarkPlugin
 
         plugins.append(WatermarkPlugin(cfg, parts))
     return plugins

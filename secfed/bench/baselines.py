@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from crypto import ckks_params
+from crypto.ckks import params as ckks_params
 
 from .measure import BenchRecord
 from .workload import synthetic_updates

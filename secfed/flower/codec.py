@@ -4,7 +4,7 @@ An :class:`Envelope` is a kind (``hello``, ``train``, ``stage`` or ``error``), a
 header and a bytes payload (a protocol message, a vector). Over Flower it travels as one
 ``ConfigRecord`` named ``secfed`` with a ``bytes`` value; between a ClientApp and its node
 agent it travels as one length-prefixed frame. Protocol bytes are never re-encoded: the
-crypto layer's own framing (``crypto.wire``) is carried as is. This module imports neither
+crypto layer's own framing (``crypto.core.wire``) is carried as is. This module imports neither
 torch nor the crypto package at import time, so the ClientApp relay starts fast.
 """
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,38 @@ from .codec import Envelope, envelope_aggregate, vector_bytes
 from .exchange import Exchange
 
 log = logging.getLogger(__name__)
+
+
+class FlowerTransport:
+    """A :class:`crypto.Transport` whose clients sit behind SuperNodes (one envelope each)."""
+
+    def __init__(
+        self, exchange: Exchange, spec: crypto.RoundSpec, nodes: dict[int, int], *, timeout: float
+    ):
+        self.exchange, self.spec, self.nodes, self.timeout = exchange, spec, nodes, timeout
+        self.clients_of = {node: cid for cid, node in nodes.items()}
+
+    def deliver(self, stage: int, messages: Mapping[int, bytes], *, final: bool) -> crypto.Delivery:
+        spec = self.spec
+        base = {"job_id": spec.job_id, "round": spec.round, "cohort": list(spec.cohort),
+                "dim": spec.dim, "stage": stage, "final": final}  # fmt: skip
+        requests = {
+            self.nodes[cid]: Envelope("stage", base, msg)
+            for cid, msg in messages.items()
+            if cid in self.nodes
+        }
+        got = self.exchange.send(requests, timeout=self.timeout, group=f"{spec.round}/stage{stage}")
+        out = crypto.Delivery()
+        for node, env in got.items():
+            cid = self.clients_of[node]
+            out.answered.add(cid)
+            out.client_seconds[cid] = float(env.meta.get("seconds", 0.0))
+            if final:
+                if (agg := envelope_aggregate(env)) is not None:
+                    out.aggregates.append(agg)
+            elif env.meta.get("reply"):
+                out.replies[cid] = env.data
+        return out
 
 
 class FlowerRunner(FederatedRunner):
@@ -163,69 +196,9 @@ class FlowerRunner(FederatedRunner):
         ledger.record(client_id, round=round_)
 
     def _ferry(self, spec: crypto.RoundSpec) -> crypto.RoundOutcome:
-        """:func:`crypto.run_round` over the exchange: one round trip per stage."""
-        traffic = crypto.Traffic()
-        server = self.protocol.server_session(spec)
-        t0 = time.perf_counter()
-        messages, final = server.start(), False
-        traffic.server_seconds += time.perf_counter() - t0
-        alive = set(spec.cohort)
-        stage = 0
-        client_aggs: list[crypto.Aggregate] = []
-        while True:
-            base = {"job_id": spec.job_id, "round": spec.round, "cohort": list(spec.cohort),
-                    "dim": spec.dim, "stage": stage, "final": final}  # fmt: skip
-            requests = {}
-            for cid, msg in messages.items():
-                if cid not in self.nodes or cid not in alive:
-                    continue
-                traffic.add_down(cid, len(msg))
-                requests[self.nodes[cid]] = Envelope("stage", base, msg)
-            by_node = {n: c for c, n in self.nodes.items()}
-            got = self.exchange.send(
-                requests, timeout=self.stage_timeout, group=f"{spec.round}/stage{stage}"
-            )
-            replies: dict[int, bytes] = {}
-            for node, env in got.items():
-                cid = by_node[node]
-                traffic.add_client_time(cid, float(env.meta.get("seconds", 0.0)))
-                if final:
-                    if (agg := envelope_aggregate(env)) is not None:
-                        client_aggs.append(agg)
-                elif env.meta.get("reply"):
-                    traffic.add_up(cid, len(env.data))
-                    replies[cid] = env.data
-            alive -= {by_node[n] for n in requests if n not in got}
-            traffic.stages = stage + 1
-            if final:
-                break
-            t1 = time.perf_counter()
-            step = server.advance(replies)
-            traffic.server_seconds += time.perf_counter() - t1
-            stage += 1
-            messages, final = step.messages, step.final
-            if final and not messages:
-                break
-        dropped = tuple(sorted(set(spec.cohort) - alive))
-        return crypto.RoundOutcome(
-            aggregate=self._read_aggregate(server, client_aggs), traffic=traffic, dropped=dropped
-        )
-
-    @staticmethod
-    def _read_aggregate(
-        server: crypto.ServerSession, client_aggs: list[crypto.Aggregate]
-    ) -> crypto.Aggregate:
-        agg = server.aggregate()
-        if agg is not None:
-            return agg
-        if not client_aggs:
-            raise crypto.ProtocolError(
-                "round finished but neither the server nor any key holder returned the aggregate"
-            )
-        for other in client_aggs[1:]:
-            if not np.array_equal(other.weighted_sum, client_aggs[0].weighted_sum):
-                raise crypto.ProtocolError("key holders decoded different aggregates")
-        return client_aggs[0]
+        """The crypto stage loop over Flower: one round trip of envelopes per stage."""
+        transport = FlowerTransport(self.exchange, spec, self.nodes, timeout=self.stage_timeout)
+        return crypto.drive_round(self.protocol.server_session(spec), transport)
 
     def threat_report(self) -> dict[str, Any]:
         """The runner's report, plus what the Flower deployment adds."""

@@ -20,11 +20,11 @@ from crypto import (
     RoundSpec,
     run_round,
 )
-from crypto.wire import HEADER_SIZE
+from crypto.core.wire import HEADER_SIZE
 
 
 class ProtocolConformance:
-    """Property tests of the protocol contract in crypto/protocol.py."""
+    """Property tests of the protocol contract in crypto/core/protocol.py."""
 
     protocol_name: ClassVar[str]
     n_clients: ClassVar[int] = 5
@@ -193,7 +193,7 @@ class ProtocolConformance:
         vecs, weights = self.inputs()
         spec = self.spec()
         _, clients = self.sessions(protocol, spec, vecs, weights)
-        from crypto import wire
+        from crypto.core import wire
 
         bogus = wire.frame(
             protocol="bogus", session_id=spec.session_id, stage=0, sender=wire.SERVER, payload=b""

@@ -19,10 +19,10 @@ from crypto import (
     RoundSpec,
     create_protocol,
     run_round,
-    wire,
 )
-from crypto import ckks_params as cp
 from crypto.ckks import CkksProtocol, load_or_create_keys
+from crypto.ckks import params as cp
+from crypto.core import wire
 from crypto.errors import EncodingError, KeyMaterialError
 from tests.crypto.conformance import ProtocolConformance
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto import masking
+from crypto.core import masking
 
 seeds = st.binary(min_size=32, max_size=32)
 

@@ -1,4 +1,4 @@
-"""Slot packing and weighted quantisation (crypto/packing.py)."""
+"""Slot packing and weighted quantisation (crypto/core/packing.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto.errors import EncodingError, ParameterError
-from crypto.packing import (
+from crypto.core.packing import (
     Quantiser,
     ceil_log2,
     dequantise_sums,
@@ -18,6 +17,7 @@ from crypto.packing import (
     slot_layout,
     unpack,
 )
+from crypto.errors import EncodingError, ParameterError
 
 
 @st.composite

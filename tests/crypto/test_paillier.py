@@ -12,11 +12,11 @@ import pytest
 from phe import paillier as phe_paillier
 
 from crypto import Protocol, RoundSpec, create_protocol, run_round
-from crypto import paillier_math as pm
+from crypto.core.wire import HEADER_SIZE
 from crypto.errors import EncodingError, KeyMaterialError, ParameterError, ProtocolError
 from crypto.paillier import PaillierProtocol, PaillierServer
-from crypto.paillier_keys import PrivateKey, PublicKey, generate_keypair
-from crypto.wire import HEADER_SIZE
+from crypto.paillier import math as pm
+from crypto.paillier.keys import PrivateKey, PublicKey, generate_keypair
 from tests.crypto.conformance import ProtocolConformance
 
 SMALL = 512  # insecure key size used for speed; real-size keys are tested below

@@ -13,15 +13,14 @@ from crypto import (
     ProtocolError,
     RoundSpec,
     create_protocol,
-    fixedpoint,
     run_round,
-    wire,
 )
-from crypto import secagg_messages as msg
+from crypto.core import fixedpoint, wire
 from crypto.errors import EncodingError
 from crypto.secagg import PairwiseMaskingProtocol
-from crypto.secagg_encoding import pack, unpack_add
-from crypto.secagg_graph import neighbours_of
+from crypto.secagg import messages as msg
+from crypto.secagg.encoding import pack, unpack_add
+from crypto.secagg.graph import neighbours_of
 from tests.crypto.conformance import ProtocolConformance
 
 OPTS = {"max_weight": 64.0}
@@ -176,7 +175,7 @@ def test_key_setup_survives_one_dropout_in_a_sparse_graph():
 def test_client_left_without_enough_holders_is_excluded_not_fatal(monkeypatch):
     # Three of one client's four neighbours drop at key setup: past the worst-case tolerance
     # for that client, so it is excluded; everyone else still aggregates exactly.
-    import crypto.secagg_server as server_mod
+    import crypto.secagg.server as server_mod
 
     seed = b"g" * 32
     monkeypatch.setattr(server_mod.secrets, "token_bytes", lambda n: seed[:n])

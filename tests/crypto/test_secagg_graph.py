@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from crypto import (
     ParameterError,
     RoundSpec,
-    wire,
 )
-from crypto import secagg_messages as msg
-from crypto.secagg_graph import neighbours_of, neighbours_of_one, sparse_params
+from crypto.core import wire
+from crypto.secagg import messages as msg
+from crypto.secagg.graph import neighbours_of, neighbours_of_one, sparse_params
 from tests.crypto.test_secagg import SPARSE, _inputs, _proto, _to_stage
 
 

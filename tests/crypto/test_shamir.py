@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crypto import shamir
+from crypto.core import shamir
 
 secrets_256 = st.integers(min_value=0, max_value=2**256 - 1)
 

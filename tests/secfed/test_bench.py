@@ -13,7 +13,7 @@ import typer
 from typer.testing import CliRunner
 
 import crypto
-from crypto import wire
+from crypto.core import wire
 from secfed.bench import baselines, report
 from secfed.bench.cli import bench
 from secfed.bench.measure import ferry, measure_point

@@ -18,9 +18,9 @@ from secfed import training
 from secfed.assembly import client_dataset
 from secfed.errors import ConfigError
 from secfed.runner import FederatedRunner
-from secfed.watermark_cli import watermark_app
-from secfed.watermark_plugin import JOB_OWNER, WatermarkPlugin, key_path
-from secfed.watermark_verify import verify_keys
+from secfed.watermark.cli import watermark_app
+from secfed.watermark.plugin import JOB_OWNER, WatermarkPlugin, key_path
+from secfed.watermark.verify import verify_keys
 
 from .conftest import tiny_job
 
@@ -167,7 +167,7 @@ def test_adapter_trained_without_watermark_is_not_marked(run, tmp_path):
 
 def test_fresh_keys_against_marked_adapter_are_not_marked(run):
     run_dir, _, _runner = run
-    from secfed.watermark_verify import read_adapter_dir
+    from secfed.watermark.verify import read_adapter_dir
 
     tensors, config = read_adapter_dir(run_dir / "adapter")
     anchor = wm.adapter_anchor(tensors, config)
@@ -253,7 +253,7 @@ def test_attack_suite_quick(run, tmp_path):
 
 def test_embeds_under_dp_sgd_after_clipping_and_noise(run, tmp_path):
     from privacy import ClientAccountant, train_private
-    from secfed.watermark_verify import model_anchor
+    from secfed.watermark.verify import model_anchor
 
     run_dir, _, runner = run
     cfg = tiny_job(

@@ -12,9 +12,9 @@ from crypto import watermark as wm
 from privacy import ClientAccountant, train_private
 from secfed import training
 from secfed.assembly import JobParts, build_parts, client_dataset
-from secfed.watermark_plugin import JOB_OWNER, WatermarkPlugin
-from secfed.watermark_triggers import TriggerRehearsal, trigger_alphabet
-from secfed.watermark_verify import trigger_hits, verify_keys
+from secfed.watermark.plugin import JOB_OWNER, WatermarkPlugin
+from secfed.watermark.triggers import TriggerRehearsal, trigger_alphabet
+from secfed.watermark.verify import trigger_hits, verify_keys
 
 from .conftest import tiny_job
 

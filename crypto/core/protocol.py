@@ -1,0 +1,194 @@
+"""The one aggregation-protocol interface.
+
+A protocol is a factory of two small state machines that exchange bytes, stage by stage:
+
+* :class:`ServerSession` opens a round for a cohort (:meth:`~ServerSession.start`), then
+  receives the replies of whoever answered (:meth:`~ServerSession.advance`) and either asks
+  for the next stage or finishes. Missing replies are dropouts.
+* :class:`ClientSession` is built from the client's update vector and weight and answers
+  each server message (:meth:`~ClientSession.handle`). Where clients hold the decryption key
+  the server's last messages carry the encrypted aggregate and the client decodes it.
+
+The outcome is an :class:`Aggregate`: the weighted sum of the surviving cohort's vectors, the
+total weight, who learned it, and a per-coordinate error bound. The runner only ferries bytes
+(see :mod:`crypto.core.stage_loop`), so the same protocol runs in-process and over Flower.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import ParameterError, ProtocolError
+
+LearnedBy = Literal["server", "clients"]
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What every party knows before a round starts."""
+
+    job_id: str
+    round: int
+    cohort: tuple[int, ...]
+    dim: int
+
+    def __post_init__(self) -> None:
+        if not self.cohort:
+            raise ValueError("a round needs a non-empty cohort")
+        if len(set(self.cohort)) != len(self.cohort):
+            raise ValueError(f"cohort has duplicate client ids: {self.cohort}")
+        if any(c < 0 or c >= 0xFFFFFFFF for c in self.cohort):
+            raise ValueError("client ids must be in [0, 2**32 - 1)")
+        if self.dim <= 0:
+            raise ValueError(f"dim must be positive, got {self.dim}")
+
+    @property
+    def session_id(self) -> bytes:
+        """16-byte id binding messages to this job, round and cohort."""
+        text = f"secfed/session/{self.job_id}/{self.round}/{','.join(map(str, self.cohort))}"
+        return hashlib.sha256(text.encode()).digest()[:16]
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """Result of one aggregation round."""
+
+    weighted_sum: NDArray[np.float64]
+    total_weight: float
+    contributors: tuple[int, ...]
+    learned_by: LearnedBy
+    error_bound: float = 0.0
+
+    @property
+    def mean(self) -> NDArray[np.float64]:
+        """Weighted mean of the contributors' vectors."""
+        if self.total_weight <= 0:
+            raise ProtocolError(f"total weight {self.total_weight} is not positive")
+        return self.weighted_sum / self.total_weight
+
+
+@dataclass(frozen=True)
+class ServerStep:
+    """What the server sends next. ``final`` messages expect no reply."""
+
+    messages: dict[int, bytes]
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """Who holds which key, what the server sees, what breaks the protocol."""
+
+    protocol: str
+    key_holders: str
+    server_sees: str
+    dropouts: str
+    breaks_if: str
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "key_holders": self.key_holders,
+            "server_sees": self.server_sees,
+            "dropouts": self.dropouts,
+            "breaks_if": self.breaks_if,
+            "notes": list(self.notes),
+        }
+
+
+class ClientSession(ABC):
+    """Client side of one round."""
+
+    def __init__(self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float):
+        if client_id not in spec.cohort:
+            raise ValueError(f"client {client_id} is not in the round's cohort {spec.cohort}")
+        vec = np.asarray(vector)
+        if vec.ndim != 1 or vec.shape[0] != spec.dim:
+            raise ValueError(f"update has shape {vec.shape}, expected ({spec.dim},)")
+        if not np.all(np.isfinite(vec)):
+            raise ValueError(f"client {client_id}'s update holds NaN or infinity")
+        if not (weight > 0 and np.isfinite(weight)):
+            raise ValueError(f"client weight must be positive and finite, got {weight}")
+        self.spec = spec
+        self.client_id = client_id
+        self.vector = vec.astype(np.float32, copy=False)
+        self.weight = float(weight)
+
+    @abstractmethod
+    def handle(self, message: bytes) -> bytes | None:
+        """Answer one server message; ``None`` when the message expects no reply."""
+
+    def aggregate(self) -> Aggregate | None:
+        """The decoded aggregate, where this client can read it (after the final message)."""
+        return None
+
+
+class ServerSession(ABC):
+    """Server side of one round."""
+
+    def __init__(self, spec: RoundSpec):
+        self.spec = spec
+
+    @abstractmethod
+    def start(self) -> dict[int, bytes]:
+        """Messages of the first stage, one per cohort member."""
+
+    @abstractmethod
+    def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
+        """Take the replies of the clients that answered; clients absent are dropouts."""
+
+    def aggregate(self) -> Aggregate | None:
+        """The aggregate, where the server can read it (after the final step)."""
+        return None
+
+
+class Protocol(ABC):
+    """Factory of client and server sessions for one job.
+
+    Subclasses set ``name`` and ``learned_by``, validate their options in ``__init__``
+    (unknown or insecure options raise :class:`~crypto.errors.ParameterError`), and state their
+    threat model in the module docstring and :meth:`threat_model`.
+    """
+
+    name: ClassVar[str]
+    learned_by: ClassVar[LearnedBy]
+    option_names: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, **options: Any):
+        unknown = set(options) - set(self.option_names)
+        if unknown:
+            known = ", ".join(sorted(self.option_names)) or "(none)"
+            raise ParameterError(
+                f"unknown option(s) {sorted(unknown)} for protocol {self.name!r}; known: {known}"
+            )
+        self.options = dict(options)
+
+    def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:  # noqa: B027
+        """Create or load job-wide key material (default: none needed)."""
+
+    @abstractmethod
+    def client_session(
+        self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
+    ) -> ClientSession:
+        """Client side of a round for ``client_id``'s update."""
+
+    @abstractmethod
+    def server_session(self, spec: RoundSpec) -> ServerSession:
+        """Server side of a round; it holds no client secret."""
+
+    @abstractmethod
+    def max_dropouts(self, cohort_size: int) -> int:
+        """How many cohort members may drop (at any stage) with the round still exact."""
+
+    @abstractmethod
+    def threat_model(self) -> ThreatModel:
+        """Who holds which key, what the server sees, which collusion breaks it."""

@@ -1,0 +1,244 @@
+"""Client state machine of secagg / secagg+ (see :mod:`crypto.secagg` for the protocol)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import struct
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..core import keyagreement as ka
+from ..core import shamir, wire
+from ..core.masking import apply_masks
+from ..core.protocol import ClientSession, RoundSpec
+from ..errors import DropoutError, EncodingError, ProtocolError
+from . import messages as msg
+from .encoding import RoundParams, encode_into, encode_weight, pack
+from .graph import neighbours_of_one
+
+log = logging.getLogger(__name__)
+_U64 = (1 << 64) - 1
+
+
+def commitment(*, session_id: bytes, client: int, seed: bytes) -> bytes:
+    """Binding hash of a client's self-mask seed, checked after reconstruction."""
+    return hashlib.sha256(
+        b"secfed/secagg/v1/commit" + session_id + struct.pack("!I", client) + seed
+    ).digest()
+
+
+def share_aad(tag: str, session_id: bytes, sender: int, recipient: int) -> bytes:
+    """Associated data binding an encrypted share to protocol, round and both parties."""
+    return tag.encode("ascii") + session_id + struct.pack("!II", sender, recipient)
+
+
+class SecAggClient(ClientSession):
+    """One client's side: advertise keys, share secrets, send masked input, unmask."""
+
+    def __init__(
+        self,
+        spec: RoundSpec,
+        client_id: int,
+        vector: NDArray[Any],
+        weight: float,
+        *,
+        tag: str,
+        params: RoundParams,
+    ):
+        super().__init__(spec, client_id, vector, weight)
+        if self.weight > params.max_weight:
+            raise EncodingError(
+                f"client {client_id}'s weight {self.weight} exceeds max_weight="
+                f"{params.max_weight}: raise the protocol option max_weight (or normalise "
+                "the weights), so the modulus can hold the cohort's sum"
+            )
+        self._weight_fixed = encode_weight(self.weight)
+        self._tag = tag
+        self._sid = spec.session_id
+        self._params = params
+        self._stage = 0
+        self._failed = False
+        self._neighbours: frozenset[int] = frozenset()
+        self._c_key = ka.generate()
+        self._s_key = ka.generate()
+        self._b_seed = b""
+        self._peer_keys: dict[int, tuple[bytes, bytes]] = {}
+        self._c_shared: dict[int, bytes] = {}
+        self._held: dict[int, tuple[int, int]] = {}  # peer -> (b share, sk share) it gave us
+        self._mask_peers: frozenset[int] = frozenset()
+
+    # -- dispatch ------------------------------------------------------------------------
+    def handle(self, message: bytes) -> bytes | None:
+        if self._failed:
+            raise ProtocolError(f"client {self.client_id} aborted this round after an error")
+        if self._stage > 3:
+            raise ProtocolError(f"client {self.client_id} already finished this round: replay")
+        body = wire.unframe(
+            message,
+            protocol=self._tag,
+            session_id=self._sid,
+            stage=self._stage,
+            sender=wire.SERVER,
+        )
+        handler = (self._advertise, self._share, self._mask, self._unmask)[self._stage]
+        try:
+            payload = handler(body)
+        except Exception:
+            self._failed = True
+            raise
+        reply = wire.frame(
+            protocol=self._tag,
+            session_id=self._sid,
+            stage=self._stage,
+            sender=self.client_id,
+            payload=payload,
+        )
+        self._stage += 1
+        return reply
+
+    # -- stage 0: advertise keys ---------------------------------------------------------
+    def _advertise(self, body: bytes) -> bytes:
+        setup = msg.decode_setup(body)
+        g = self._params.graph
+        mine = (g.neighbours, g.threshold, self._params.modulus_bits)
+        theirs = (setup.neighbours, setup.threshold, setup.modulus_bits)
+        if mine != theirs:
+            raise ProtocolError(
+                f"server announces (k, t, modulus bits) = {theirs} but client "
+                f"{self.client_id} derives {mine}: both sides must use the same protocol options"
+            )
+        self._neighbours = neighbours_of_one(
+            self.spec.cohort, self.client_id, k=g.neighbours, seed=setup.graph_seed
+        )
+        return msg.encode_keys(ka.public_bytes(self._c_key), ka.public_bytes(self._s_key))
+
+    # -- stage 1: share keys -------------------------------------------------------------
+    def _share(self, body: bytes) -> bytes:
+        peers = msg.decode_peer_keys(body)
+        stray = set(peers) - self._neighbours
+        if stray:
+            raise ProtocolError(
+                f"server lists clients {sorted(stray)}, who are not neighbours of client "
+                f"{self.client_id} under the published graph"
+            )
+        t = self._params.graph.threshold
+        if len(peers) + 1 < t:
+            raise DropoutError(
+                f"only {len(peers)} neighbours of client {self.client_id} advertised keys; "
+                f"threshold {t} needs {t - 1}"
+            )
+        own = {ka.public_bytes(self._c_key), ka.public_bytes(self._s_key)}
+        for pid, (c_pk, s_pk) in peers.items():
+            if c_pk in own or s_pk in own or c_pk == s_pk:
+                raise ProtocolError(f"client {pid} advertises a reflected or reused public key")
+        self._b_seed = secrets.token_bytes(32)
+        sk_int = int.from_bytes(ka.private_bytes(self._s_key), "little")
+        holders = sorted([*peers, self.client_id])
+        shares = shamir.split(
+            [int.from_bytes(self._b_seed, "big"), sk_int],
+            threshold=t,
+            xs=[h + 1 for h in holders],
+        )
+        sid = self._sid
+        b_own, sk_own = shares[self.client_id + 1]
+        self._held[self.client_id] = (b_own, sk_own)
+        rows = []
+        for pid in sorted(peers):
+            shared = self._exchange(self._c_key, peers[pid][0])
+            self._c_shared[pid] = shared
+            key = ka.derive(
+                shared, session_id=sid, purpose="share-enc", first=self.client_id, second=pid
+            )
+            b_sh, sk_sh = shares[pid + 1]
+            plain = msg.share_plaintext(self.client_id, pid, b_sh, sk_sh)
+            rows.append(
+                (pid, ka.seal(key, plain, aad=share_aad(self._tag, sid, self.client_id, pid)))
+            )
+        self._peer_keys = peers
+        commit = commitment(session_id=sid, client=self.client_id, seed=self._b_seed)
+        return msg.encode_routed(rows, commit=commit)
+
+    @staticmethod
+    def _exchange(key: Any, peer_public: bytes) -> bytes:
+        try:
+            return bytes(key.exchange(ka.load_public(peer_public)))
+        except ValueError as err:
+            raise ProtocolError(f"peer public key is invalid (low order): {err}") from None
+
+    # -- stage 2: masked input -----------------------------------------------------------
+    def _mask(self, body: bytes) -> bytes:
+        _, sealed = msg.decode_routed(body, with_commit=False)
+        stray = set(sealed) - set(self._peer_keys)
+        if stray:
+            raise ProtocolError(f"shares from clients {sorted(stray)} whose keys were never sent")
+        t = self._params.graph.threshold
+        if len(sealed) + 1 < t:
+            raise DropoutError(
+                f"only {len(sealed)} neighbours of client {self.client_id} shared their keys; "
+                f"threshold {t} needs {t - 1}"
+            )
+        sid, me = self._sid, self.client_id
+        for pid, blob in sealed.items():
+            key = ka.derive(
+                self._c_shared[pid], session_id=sid, purpose="share-enc", first=pid, second=me
+            )
+            plain = ka.open_sealed(key, blob, aad=share_aad(self._tag, sid, pid, me))
+            sender, recipient, b_sh, sk_sh = msg.parse_share_plaintext(plain)
+            if (sender, recipient) != (pid, me):
+                raise ProtocolError(f"share routed from {pid} names ({sender} -> {recipient})")
+            self._held[pid] = (b_sh, sk_sh)
+        self._mask_peers = frozenset(sealed)
+        plus = [ka.derive(self._b_seed, session_id=sid, purpose="self-mask", first=me, second=me)]
+        minus: list[bytes] = []
+        for pid in sorted(sealed):
+            seed = ka.derive(
+                self._exchange(self._s_key, self._peer_keys[pid][1]),
+                session_id=sid,
+                purpose="pair-mask",
+                first=min(me, pid),
+                second=max(me, pid),
+            )
+            (plus if me < pid else minus).append(seed)
+        p = self._params
+        acc = np.empty(p.words, dtype=np.uint32)
+        encode_into(acc, self.vector, weight=self.weight, params=p)
+        tail = (self._weight_fixed + apply_masks(acc, add=plus, subtract=minus)) & _U64
+        # Secrets no longer needed: keep only the shares held for others.
+        self._b_seed, self._c_shared = b"", {}
+        del self._c_key, self._s_key
+        return tail.to_bytes(8, "little") + pack(acc, bits=p.modulus_bits)
+
+    # -- stage 3: unmasking --------------------------------------------------------------
+    def _unmask(self, body: bytes) -> bytes:
+        survivors, dropped = msg.decode_unmask_request(body)
+        both = set(survivors) & set(dropped)
+        if both:
+            raise ProtocolError(
+                f"server asks client {self.client_id} for both the self-mask and the mask-key "
+                f"share of clients {sorted(both)}: that would reveal their input; refusing"
+            )
+        if self.client_id not in survivors:
+            raise ProtocolError(
+                f"server lists client {self.client_id} as dropped although it sent its input"
+            )
+        if set(survivors) | set(dropped) != self._mask_peers | {self.client_id}:
+            raise ProtocolError(
+                "unmask request does not classify exactly the clients whose shares "
+                f"client {self.client_id} holds"
+            )
+        t = self._params.graph.threshold
+        if len(survivors) < t:
+            raise DropoutError(
+                f"only {len(survivors)} of client {self.client_id}'s share holders survived; "
+                f"threshold {t}: refusing to unmask"
+            )
+        rows = [(pid, msg.B_SHARE, self._held[pid][0]) for pid in survivors]
+        rows += [(pid, msg.SK_SHARE, self._held[pid][1]) for pid in dropped]
+        rows.sort()
+        self._held = {}
+        log.debug("client %d reveals %d shares", self.client_id, len(rows))
+        return msg.encode_reveal(rows)

@@ -1,0 +1,162 @@
+"""Payload formats of secagg / secagg+ messages (inside the :mod:`crypto.core.wire` frame).
+
+Every decoder checks the exact length and the ordering of id lists (strictly increasing,
+so no duplicates) and raises :class:`~crypto.errors.ProtocolError` otherwise. Integers are
+big-endian; ids are uint32.
+
+======  =====================================  ===========================================
+stage   server -> client                       client -> server
+======  =====================================  ===========================================
+0       graph seed(32) k(4) t(4) bits(1)       c_pk(32) s_pk(32)
+1       n(4) [id c_pk s_pk]*n                   commit(32) n(4) [recipient sealed]*n
+2       n(4) [sender sealed]*n                  weight(8, LE) masked vector
+3       n(4) [survivor]*n m(4) [dropped]*m      n(4) [peer kind(1) share(33)]*n
+======  =====================================  ===========================================
+
+A sealed share is AES-GCM of ``sender(4) recipient(4) b_share(33) sk_share(33)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..core import shamir
+from ..core.keyagreement import KEY_BYTES, NONCE_BYTES, TAG_BYTES
+from ..errors import ProtocolError
+
+_U32 = struct.Struct("!I")
+_SETUP = struct.Struct("!32sIIB")
+_PEER = struct.Struct("!I32s32s")
+_SHARE_PLAIN = struct.Struct(f"!II{shamir.SHARE_BYTES}s{shamir.SHARE_BYTES}s")
+SEALED_BYTES = NONCE_BYTES + _SHARE_PLAIN.size + TAG_BYTES
+_ROUTED = struct.Struct(f"!I{SEALED_BYTES}s")
+_REVEAL = struct.Struct(f"!IB{shamir.SHARE_BYTES}s")
+COMMIT_BYTES = 32
+B_SHARE, SK_SHARE = 0, 1
+
+
+@dataclass(frozen=True)
+class Setup:
+    graph_seed: bytes
+    neighbours: int
+    threshold: int
+    modulus_bits: int
+
+
+def encode_setup(s: Setup) -> bytes:
+    return _SETUP.pack(s.graph_seed, s.neighbours, s.threshold, s.modulus_bits)
+
+
+def decode_setup(body: bytes) -> Setup:
+    _exact(body, _SETUP.size, "setup")
+    return Setup(*_SETUP.unpack(body))
+
+
+def encode_keys(c_pk: bytes, s_pk: bytes) -> bytes:
+    return c_pk + s_pk
+
+
+def decode_keys(body: bytes) -> tuple[bytes, bytes]:
+    _exact(body, 2 * KEY_BYTES, "key advertisement")
+    return body[:KEY_BYTES], body[KEY_BYTES:]
+
+
+def _exact(body: bytes, size: int, what: str) -> None:
+    if len(body) != size:
+        raise ProtocolError(f"{what} payload is {len(body)} bytes, expected {size}")
+
+
+def _pack_list(entry: struct.Struct, rows: Sequence[tuple[Any, ...]]) -> bytes:
+    return _U32.pack(len(rows)) + b"".join(entry.pack(*r) for r in rows)
+
+
+def _unpack_list(
+    body: bytes, entry: struct.Struct, what: str, offset: int = 0
+) -> tuple[list[tuple[Any, ...]], int]:
+    if len(body) < offset + 4:
+        raise ProtocolError(f"{what} list is truncated")
+    (count,) = _U32.unpack_from(body, offset)
+    end = offset + 4 + count * entry.size
+    if len(body) < end:
+        raise ProtocolError(f"{what} list announces {count} entries but is truncated")
+    rows = [entry.unpack_from(body, offset + 4 + i * entry.size) for i in range(count)]
+    ids = [r[0] for r in rows]
+    if any(b <= a for a, b in itertools.pairwise(ids)):
+        raise ProtocolError(f"{what} list ids are not strictly increasing (duplicate or reordered)")
+    return rows, end
+
+
+def _done(body: bytes, end: int, what: str) -> None:
+    if end != len(body):
+        raise ProtocolError(f"{what} payload has {len(body) - end} trailing bytes")
+
+
+def encode_peer_keys(rows: Sequence[tuple[int, bytes, bytes]]) -> bytes:
+    return _pack_list(_PEER, rows)
+
+
+def decode_peer_keys(body: bytes) -> dict[int, tuple[bytes, bytes]]:
+    rows, end = _unpack_list(body, _PEER, "peer keys")
+    _done(body, end, "peer keys")
+    return {int(r[0]): (bytes(r[1]), bytes(r[2])) for r in rows}
+
+
+def encode_routed(rows: Sequence[tuple[int, bytes]], *, commit: bytes | None = None) -> bytes:
+    """Sealed shares by recipient (client reply, with commitment) or by sender (server)."""
+    return (commit or b"") + _pack_list(_ROUTED, rows)
+
+
+def decode_routed(body: bytes, *, with_commit: bool) -> tuple[bytes, dict[int, bytes]]:
+    start = COMMIT_BYTES if with_commit else 0
+    if len(body) < start:
+        raise ProtocolError("share payload is truncated")
+    rows, end = _unpack_list(body, _ROUTED, "sealed shares", start)
+    _done(body, end, "sealed shares")
+    return body[:start], {int(r[0]): bytes(r[1]) for r in rows}
+
+
+def share_plaintext(sender: int, recipient: int, b_share: int, sk_share: int) -> bytes:
+    return _SHARE_PLAIN.pack(sender, recipient, shamir.to_bytes(b_share), shamir.to_bytes(sk_share))
+
+
+def parse_share_plaintext(raw: bytes) -> tuple[int, int, int, int]:
+    _exact(raw, _SHARE_PLAIN.size, "decrypted share")
+    sender, recipient, b, sk = _SHARE_PLAIN.unpack(raw)
+    try:
+        return sender, recipient, shamir.from_bytes(b), shamir.from_bytes(sk)
+    except ValueError as err:
+        raise ProtocolError(f"decrypted share is malformed: {err}") from None
+
+
+def encode_unmask_request(survivors: Sequence[int], dropped: Sequence[int]) -> bytes:
+    return _pack_list(_U32, [(s,) for s in survivors]) + _pack_list(_U32, [(d,) for d in dropped])
+
+
+def decode_unmask_request(body: bytes) -> tuple[list[int], list[int]]:
+    surv, end = _unpack_list(body, _U32, "survivors")
+    drop, end = _unpack_list(body, _U32, "dropped", end)
+    _done(body, end, "unmask request")
+    return [int(r[0]) for r in surv], [int(r[0]) for r in drop]
+
+
+def encode_reveal(rows: Sequence[tuple[int, int, int]]) -> bytes:
+    """Revealed shares: (peer, kind, share value) with kind B_SHARE or SK_SHARE."""
+    return _pack_list(_REVEAL, [(p, k, shamir.to_bytes(v)) for p, k, v in rows])
+
+
+def decode_reveal(body: bytes) -> dict[int, tuple[int, int]]:
+    rows, end = _unpack_list(body, _REVEAL, "revealed shares")
+    _done(body, end, "revealed shares")
+    out: dict[int, tuple[int, int]] = {}
+    for peer, kind, raw in rows:
+        if kind not in (B_SHARE, SK_SHARE):
+            raise ProtocolError(f"revealed share of kind {kind} is neither b nor sk")
+        try:
+            out[int(peer)] = (int(kind), shamir.from_bytes(bytes(raw)))
+        except ValueError as err:
+            raise ProtocolError(f"revealed share for client {peer} is malformed: {err}") from None
+    return out

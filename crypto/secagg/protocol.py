@@ -1,0 +1,189 @@
+"""``secagg`` and ``secagg+``: pairwise-mask secure aggregation with dropout recovery.
+
+SecAgg (Bonawitz et al., CCS 2017) over the complete graph and SecAgg+ (Bell et al., CCS
+2020) over a random ``k``-regular graph with ``k = O(log n)``. The neighbour count ``k`` and
+threshold ``t`` follow from the cohort size ``n``, the tolerated dropout rate ``delta``
+(``max_dropout_fraction``) and corrupt fraction ``gamma`` (``max_corrupt_fraction``):
+secagg uses ``k = n - 1`` and ``t = n - floor(delta * n)``; secagg+ uses the smallest even
+``k`` whose largest ``t`` still survives a ``delta`` dropout rate (failure ``<= 2**-20``) while
+``gamma`` corrupt clients reach ``t`` shares of no one (``<= 2**-40``) and honest survivors
+stay connected, falling back to the complete graph when no ``k < n - 1`` qualifies (for
+example ``k = 170, t = 81`` at ``n = 1000`` with the defaults). Details in
+:mod:`crypto.secagg.graph`; the encoding is in :mod:`crypto.secagg.encoding`.
+
+Stages (each a server message and a client reply, framed by :mod:`crypto.core.wire`):
+
+0. *advertise keys*: the server publishes 32 bytes of graph randomness and ``(k, t, m)``;
+   each client checks them against its own derivation and answers with two fresh X25519
+   public keys, ``c`` (share encryption) and ``s`` (masks).
+1. *share keys*: the server sends each client its live neighbours' keys. The client draws a
+   self-mask seed ``b`` (256 bits, :mod:`secrets`), Shamir-shares ``b`` and its ``s``
+   private key ``t``-of-``k+1`` among its neighbours and itself, encrypts each neighbour's
+   shares with AES-GCM under HKDF(X25519(c)), keyed per direction and bound (associated
+   data) to protocol, session, sender and recipient, and commits to ``b`` by hash.
+2. *masked input*: the server routes the sealed shares. The client sends, modulo ``2**m``,
+   ``round(w * clip(x) * scale) + PRG(b) + sum_v ±PRG(s_uv)`` (``+`` towards larger ids)
+   over its neighbours ``v`` that shared keys, where ``s_uv`` is HKDF of X25519(s) and PRG
+   is AES-256-CTR; plus its weight ``round(w * 2**32)`` masked modulo 2**64.
+3. *unmasking*: for each neighbour the server names as a survivor the client reveals its
+   ``b`` share, for each named as dropped its ``s`` share. It refuses (``ProtocolError``) a
+   request naming a peer in both lists, one that names itself dropped, one that leaves out
+   or invents a peer, and any second request. The server reconstructs ``b`` for survivors
+   (checked against the commitment) and ``s`` for dropped clients (checked against the public
+   key), removes their masks and decodes the sum.
+
+Threat model (honest-but-curious server, clients may drop at any stage):
+
+* *who holds what*: every client holds its own update, its ephemeral X25519 keys and
+  self-mask seed for this round, and Shamir shares of its neighbours' seeds and mask keys.
+  The server holds public keys, sealed shares it cannot open, commitments, the sum of the
+  masked inputs and, while unmasking, the reconstructed seeds of survivors and mask keys of
+  dropped clients (local values, never stored).
+* *what the server sees*: masked vectors that are uniformly random on their own, the weighted
+  sum of the surviving clients' clipped updates and their total weight, who dropped when,
+  and the neighbour graph; message sizes reveal only the parameters and who is live.
+* *what breaks it*: the server colluding with ``t`` or more of one client's share holders
+  (any ``t`` clients for secagg) learns both of that client's secrets and hence its update;
+  fewer learn nothing beyond the sum. Corrupt clients below ``max_corrupt_fraction`` stay
+  below ``t`` (deterministically for secagg, with probability ``1 - 2**-40`` for secagg+).
+  The analysis assumes the server follows the protocol: public keys are not authenticated
+  (no PKI), so a malicious server can substitute keys and read shares; it could also give
+  clients inconsistent survivor lists (no consistency round) and, for secagg+, choose the
+  graph randomness to surround a victim with colluders. Sealed shares, framing and
+  commitments make tampering by the network detectable, not a malicious server harmless.
+* *dropouts*: any ``k + 1 - t`` dropouts at any stage (``max_dropouts``; ``n - t`` for
+  secagg) are recovered exactly; secagg+ also survives a ``max_dropout_fraction`` of random
+  dropouts with probability ``1 - 2**-20``. Otherwise the round fails with ``DropoutError``,
+  never a wrong sum. A client dropping during key setup only removes itself (and any
+  neighbour left with fewer than ``t`` holders).
+
+Options: ``clip`` (1.0; coordinates are clipped to ``[-clip, clip]`` before encoding, the
+runner sets it from the DP clipping norm), ``scale_bits`` (16; one fixed-point unit is
+``quantum = 2**-scale_bits``), ``max_weight`` (1.0; a client's weight above it is refused
+since the modulus is sized for ``n * max_weight * clip * 2**scale_bits``),
+``max_dropout_fraction`` (0.3), ``max_corrupt_fraction`` (0.2), both below 1/2,
+``threshold`` (override, capped at the number of share holders, checked for security), and
+for secagg+ ``neighbours`` (override, even). The error bound is ``n * 0.5 * quantum`` per
+coordinate (plus float64 rounding) for updates inside the clipping range; clipping is applied
+to the vector as handed in, DP noise included, so leave ``clip`` room for the noise.
+Masked vectors travel at ``m / 8`` bytes per parameter: 3 bytes with the defaults up to 127
+clients, 4 bytes beyond.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from numpy.typing import NDArray
+
+from ..core.protocol import ClientSession, Protocol, RoundSpec, ServerSession, ThreatModel
+from ..core.registry import register
+from ..errors import ParameterError
+from .client import SecAggClient
+from .encoding import RoundParams, SecAggOptions, graph_params, round_params
+from .graph import GraphParams
+from .server import SecAggServer
+
+_COMMON = frozenset(
+    {
+        "clip",
+        "scale_bits",
+        "max_weight",
+        "max_dropout_fraction",
+        "max_corrupt_fraction",
+        "threshold",
+    }
+)
+
+
+class PairwiseMaskingProtocol(Protocol):
+    """Shared implementation of secagg and secagg+; subclasses pick the graph.
+
+    ``quantum`` (one fixed-point unit) lets the runner add integer DP noise.
+    """
+
+    learned_by = "server"
+    sparse: ClassVar[bool]
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        try:
+            self.config = SecAggOptions(**options)
+        except TypeError as err:  # pragma: no cover - option names are checked above
+            raise ParameterError(str(err)) from None
+
+    @property
+    def quantum(self) -> float:
+        """Value of one fixed-point unit (``1 / scale``), for integer DP noise."""
+        return 1.0 / self.config.scale
+
+    def graph_params(self, cohort_size: int) -> GraphParams:
+        """Neighbour count and threshold for a cohort of ``cohort_size``."""
+        return graph_params(self.config, sparse=self.sparse, cohort_size=cohort_size)
+
+    def round_params(self, spec: RoundSpec) -> RoundParams:
+        """Graph, threshold and modulus of a round (raises ``EncodingError`` on overflow)."""
+        return round_params(
+            self.config, sparse=self.sparse, cohort_size=len(spec.cohort), dim=spec.dim
+        )
+
+    def client_session(
+        self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
+    ) -> ClientSession:
+        return SecAggClient(
+            spec, client_id, vector, weight, tag=self.name, params=self.round_params(spec)
+        )
+
+    def server_session(self, spec: RoundSpec) -> ServerSession:
+        return SecAggServer(spec, tag=self.name, params=self.round_params(spec))
+
+    def max_dropouts(self, cohort_size: int) -> int:
+        return self.graph_params(cohort_size).max_dropouts
+
+    def threat_model(self) -> ThreatModel:
+        c = self.config
+        holders = "its k neighbours and itself" if self.sparse else "every cohort member"
+        return ThreatModel(
+            protocol=self.name,
+            key_holders=(
+                "each client: its ephemeral X25519 keys and self-mask seed, plus Shamir shares "
+                f"of those of {holders}; the server: public keys and sealed shares only"
+            ),
+            server_sees=(
+                "uniformly masked vectors, the weighted sum of the survivors' clipped updates, "
+                "their total weight, and who dropped at which stage"
+            ),
+            dropouts=(
+                "any n - t (secagg) or k + 1 - t (secagg+) at any stage, recovered exactly; "
+                f"tuned for a dropout rate of {c.max_dropout_fraction}; beyond that "
+                "DropoutError, never a wrong sum"
+            ),
+            breaks_if=(
+                "the server colludes with t or more of a client's share holders, or deviates "
+                "from the protocol (substitutes public keys, sends inconsistent survivor lists"
+                + (", grinds the graph randomness" if self.sparse else "")
+                + ")"
+            ),
+            notes=(
+                f"tolerated corrupt fraction {c.max_corrupt_fraction}",
+                f"fixed point: quantum {self.quantum:g}, clip {c.clip}, max_weight {c.max_weight}",
+            ),
+        )
+
+
+@register
+class SecAggProtocol(PairwiseMaskingProtocol):
+    """SecAgg: complete graph, ``t = n - floor(max_dropout_fraction * n)``."""
+
+    name = "secagg"
+    sparse = False
+    option_names = _COMMON
+
+
+@register
+class SecAggPlusProtocol(PairwiseMaskingProtocol):
+    """SecAgg+: random ``k``-regular graph, ``k = O(log n)``."""
+
+    name = "secagg+"
+    sparse = True
+    option_names = _COMMON | {"neighbours"}

@@ -1,0 +1,277 @@
+"""Server state machine of secagg / secagg+ (see :mod:`crypto.secagg` for the protocol).
+
+The server routes public keys and encrypted shares, sums masked inputs, and finally
+reconstructs the self-mask seeds of the survivors and the mask keys of clients that dropped
+after sharing, only as local values inside :meth:`SecAggServer.advance`; it never stores a
+client secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..core import keyagreement as ka
+from ..core import shamir, wire
+from ..core.masking import apply_masks
+from ..core.protocol import Aggregate, RoundSpec, ServerSession, ServerStep
+from ..errors import DropoutError, KeyMaterialError, ProtocolError
+from . import messages as msg
+from .client import commitment
+from .encoding import RoundParams, decode_sum, decode_weight, unpack_add
+from .graph import neighbours_of
+
+log = logging.getLogger(__name__)
+_U64 = (1 << 64) - 1
+
+
+class SecAggServer(ServerSession):
+    """Routes keys and shares, sums masked inputs, unmasks the sum."""
+
+    def __init__(self, spec: RoundSpec, *, tag: str, params: RoundParams):
+        super().__init__(spec)
+        self._tag = tag
+        self._sid = spec.session_id
+        self._params = params
+        self._stage = -1
+        self._expected: set[int] = set()
+        self._graph: dict[int, frozenset[int]] = {}
+        self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._commits: dict[int, bytes] = {}
+        self._shared: set[int] = set()  # U2: clients whose shares were delivered
+        self._requests: dict[int, tuple[list[int], list[int]]] = {}
+        self._acc = np.zeros(0, dtype=np.uint32)
+        self._tail = 0
+        self._result: Aggregate | None = None
+
+    def _frame(self, payload: bytes) -> bytes:
+        return wire.frame(
+            protocol=self._tag,
+            session_id=self._sid,
+            stage=self._stage,
+            sender=wire.SERVER,
+            payload=payload,
+        )
+
+    def start(self) -> dict[int, bytes]:
+        if self._stage != -1:
+            raise ProtocolError("secagg round already started")
+        self._stage = 0
+        seed = secrets.token_bytes(32)
+        g = self._params.graph
+        self._graph = neighbours_of(self.spec.cohort, k=g.neighbours, seed=seed)
+        setup = msg.Setup(seed, g.neighbours, g.threshold, self._params.modulus_bits)
+        hello = self._frame(msg.encode_setup(setup))
+        self._expected = set(self.spec.cohort)
+        return {cid: hello for cid in self.spec.cohort}
+
+    def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
+        if self._stage < 0 or self._result is not None or self._stage > 3:
+            raise ProtocolError(f"secagg server cannot advance at stage {self._stage}")
+        bodies = {}
+        for cid in sorted(replies):
+            if cid not in self._expected:
+                raise ProtocolError(f"reply from client {cid}, who was not asked at this stage")
+            bodies[cid] = wire.unframe(
+                replies[cid],
+                protocol=self._tag,
+                session_id=self._sid,
+                stage=self._stage,
+                sender=cid,
+            )
+        handler = (self._on_keys, self._on_shares, self._on_masked, self._on_reveal)[self._stage]
+        messages = handler(bodies)
+        self._stage += 1
+        if self._result is not None:
+            return ServerStep(messages={}, final=True)
+        self._expected = set(messages)
+        return ServerStep(messages={c: self._frame(m) for c, m in messages.items()})
+
+    def aggregate(self) -> Aggregate | None:
+        return self._result
+
+    # -- helpers -------------------------------------------------------------------------
+    def _prune(self, live: set[int], what: str) -> set[int]:
+        """Drop clients with fewer than ``t`` live holders, until none is left to drop."""
+        t = self._params.graph.threshold
+        live = set(live)
+        while True:
+            weak = {u for u in live if len(self._graph[u] & live) + 1 < t}
+            if not weak:
+                break
+            log.info("secagg: excluding %s with too few live neighbours %s", sorted(weak), what)
+            live -= weak
+        if not live:
+            raise DropoutError(
+                f"too many clients dropped {what}: no client of the cohort of "
+                f"{len(self.spec.cohort)} keeps {t} live share holders (threshold {t}, "
+                f"{self._params.graph.max_dropouts} dropouts tolerated)"
+            )
+        return live
+
+    # -- stage 0 -> 1 --------------------------------------------------------------------
+    def _on_keys(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
+        seen: dict[bytes, int] = {}
+        keys = {}
+        for cid, body in bodies.items():
+            c_pk, s_pk = msg.decode_keys(body)
+            for pk in (c_pk, s_pk):
+                if pk in seen:
+                    raise ProtocolError(f"client {cid} reuses a public key of client {seen[pk]}")
+                seen[pk] = cid
+            keys[cid] = (c_pk, s_pk)
+        live = self._prune(set(keys), "before key sharing")
+        self._keys = {c: keys[c] for c in live}
+        return {
+            u: msg.encode_peer_keys([(v, *keys[v]) for v in sorted(self._graph[u] & live)])
+            for u in sorted(live)
+        }
+
+    # -- stage 1 -> 2 --------------------------------------------------------------------
+    def _on_shares(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
+        sealed: dict[int, dict[int, bytes]] = {}
+        for cid, body in bodies.items():
+            commit, rows = msg.decode_routed(body, with_commit=True)
+            want = sorted(self._graph[cid] & set(self._keys))
+            if sorted(rows) != want:
+                raise ProtocolError(
+                    f"client {cid} sent shares for {sorted(rows)}, expected its live "
+                    f"neighbours {want}"
+                )
+            self._commits[cid] = commit
+            sealed[cid] = rows
+        live = self._prune(set(sealed), "while sharing keys")
+        self._shared = live
+        n_words = self._params.words
+        self._acc = np.zeros(n_words, dtype=np.uint32)
+        return {
+            v: msg.encode_routed([(u, sealed[u][v]) for u in sorted(self._graph[v] & live)])
+            for v in sorted(live)
+        }
+
+    # -- stage 2 -> 3 --------------------------------------------------------------------
+    def _on_masked(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
+        bits = self._params.modulus_bits
+        for cid, body in bodies.items():
+            if len(body) != 8 + self._params.packed_bytes:
+                raise ProtocolError(
+                    f"client {cid} sent a masked input of {len(body)} bytes, expected "
+                    f"{8 + self._params.packed_bytes}"
+                )
+        for body in bodies.values():
+            unpack_add(self._acc, body[8:], bits=bits)
+            self._tail = (self._tail + int.from_bytes(body[:8], "little")) & _U64
+        survived = set(bodies)
+        if not survived:
+            raise DropoutError("every client dropped before sending its masked input")
+        t = self._params.graph.threshold
+        for u in sorted(self._shared):
+            holders = (self._graph[u] & self._shared) | {u}
+            needed = u in survived or bool(self._graph[u] & survived)
+            if needed and len(holders & survived) < t:
+                raise DropoutError(
+                    f"client {u}'s masks cannot be removed: only {len(holders & survived)} of "
+                    f"its share holders are left, threshold {t} "
+                    f"({self._params.graph.max_dropouts} dropouts tolerated)"
+                )
+        out = {}
+        for u in sorted(survived):
+            peers = self._graph[u] & self._shared
+            request = (sorted((peers & survived) | {u}), sorted(peers - survived))
+            self._requests[u] = request
+            out[u] = msg.encode_unmask_request(*request)
+        return out
+
+    # -- stage 3 -> result ---------------------------------------------------------------
+    def _on_reveal(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
+        b_shares: dict[int, dict[int, int]] = {}
+        sk_shares: dict[int, dict[int, int]] = {}
+        for cid, body in bodies.items():
+            shares = msg.decode_reveal(body)
+            survivors, dropped = self._requests[cid]
+            want = {p: msg.B_SHARE for p in survivors} | {p: msg.SK_SHARE for p in dropped}
+            if {p: k for p, (k, _) in shares.items()} != want:
+                raise ProtocolError(f"client {cid} revealed shares other than those requested")
+            for peer, (kind, value) in shares.items():
+                target = b_shares if kind == msg.B_SHARE else sk_shares
+                target.setdefault(peer, {})[cid + 1] = value
+        survived = sorted(self._requests)
+        t = self._params.graph.threshold
+        sid = self._sid
+        lagrange = _LagrangeCache(t)
+        subtract: list[bytes] = []
+        add: list[bytes] = []
+        for u in survived:
+            b_seed = lagrange.secret(b_shares.get(u, {}), f"self-mask seed of client {u}")
+            seed = b_seed.to_bytes(32, "big") if b_seed < 2**256 else b""
+            if commitment(session_id=sid, client=u, seed=seed) != self._commits[u]:
+                raise ProtocolError(
+                    f"reconstructed self-mask seed of client {u} does not match its commitment: "
+                    "a revealed share was altered"
+                )
+            subtract.append(ka.derive(seed, session_id=sid, purpose="self-mask", first=u, second=u))
+        gone = sorted(self._shared - set(survived))
+        for v in gone:
+            partners = sorted(self._graph[v] & set(survived))
+            if not partners:
+                continue
+            sk_int = lagrange.secret(sk_shares.get(v, {}), f"mask key of dropped client {v}")
+            try:
+                sk = ka.load_private(sk_int.to_bytes(32, "little"))
+            except (OverflowError, KeyMaterialError, ValueError):
+                sk = None
+            if sk is None or ka.public_bytes(sk) != self._keys[v][1]:
+                raise ProtocolError(
+                    f"reconstructed mask key of dropped client {v} does not match its public "
+                    "key: a revealed share was altered"
+                )
+            for u in partners:
+                seed = ka.agree(
+                    sk,
+                    ka.load_public(self._keys[u][1]),
+                    session_id=sid,
+                    purpose="pair-mask",
+                    first=min(u, v),
+                    second=max(u, v),
+                )
+                # u added +mask(seed) if u < v, -mask(seed) otherwise: undo it.
+                (subtract if u < v else add).append(seed)
+        tail = (self._tail + apply_masks(self._acc, add=add, subtract=subtract)) & _U64
+        self._finish(survived, tail)
+        return {}
+
+    def _finish(self, survived: list[int], tail: int) -> None:
+        p = self._params
+        mask = np.uint32((1 << p.modulus_bits) - 1) if p.modulus_bits < 32 else None
+        acc = self._acc if mask is None else self._acc & mask
+        if np.any(acc[p.dim :]):
+            raise ProtocolError("unmasked padding is not zero: a masked input was corrupted")
+        if tail >= 1 << 63:
+            raise ProtocolError("unmasked total weight is negative: a masked input was corrupted")
+        total = decode_sum(acc[: p.dim], params=p)
+        n = len(survived)
+        bound = n * 0.5 / p.scale + n * p.max_weight * p.clip * 2.0**-50
+        self._result = Aggregate(total, decode_weight(tail), tuple(survived), "server", bound)
+        self._acc = np.zeros(0, dtype=np.uint32)
+
+
+class _LagrangeCache:
+    """Shamir reconstruction reusing Lagrange weights across secrets with the same holders."""
+
+    def __init__(self, threshold: int):
+        self.t = threshold
+        self._coeffs: dict[tuple[int, ...], list[int]] = {}
+
+    def secret(self, shares: dict[int, int], what: str) -> int:
+        if len(shares) < self.t:
+            raise DropoutError(
+                f"only {len(shares)} shares of the {what} came back, threshold {self.t}: "
+                "too many clients dropped during unmasking"
+            )
+        xs = tuple(sorted(shares)[: self.t])
+        if xs not in self._coeffs:
+            self._coeffs[xs] = shamir.lagrange_at_zero(xs)
+        return shamir.combine([shares[x] for x in xs], self._coeffs[xs])

@@ -1,0 +1,295 @@
+"""User-level DP-FedAvg in a job (McMahan et al. 2018), with adaptive clipping.
+
+Every client clips its update to L2 norm ``S`` (weights are then uniform); the Gaussian noise
+``N(0, (z S)^2)`` on the sum is added by the party that reads the aggregate (``central``) or
+split across clients (``distributed``). For masking protocols the split noise is integer
+Skellam noise in the protocol's fixed-point unit, added before quantisation, so the server only
+ever sees a noised sum. With adaptive clipping each client's unclipped bit rides in one extra
+coordinate of the vector it submits, so the protocol sums (and protects) the count exactly like
+the update.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+import crypto
+import privacy
+
+from ..config import ExperimentConfig
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class UserLevelDP:
+    """Clip, noise and account client updates at the user level.
+
+    Adaptive clipping (Andrew et al. 2021): the unclipped bit ``b_i = 1[||update_i|| <= S]``
+    never leaves a client in the clear. The client appends ``kappa * (b_i - 1/2)`` to the
+    vector it submits (:meth:`client_vector`), the protocol sums it with the update, and the
+    reader of the aggregate takes the noised count from the last coordinate and strips it
+    (:meth:`read_aggregate`). Count noise has std ``sigma_b`` (``count_noise_std``):
+
+    * distributed noise: the clients' split noise on that coordinate (std ``z_u S`` in the
+      sum, ``z_u`` the update's multiplier) is the count's noise, so
+      ``kappa = z_u S / sigma_b``; the joint vector has L2 sensitivity
+      ``sqrt(S^2 + kappa^2 / 4) = S z_u / z`` under noise ``z_u S``, i.e. the multiplier ``z``
+      of :func:`privacy.adaptive_update_noise_multiplier`, which is what is accounted;
+    * central noise (or ``z = 0``): ``kappa = min(S, clip)`` keeps the coordinate inside the
+      protocol's fixed-point range and the reader adds ``N(0, (sigma_b kappa)^2)`` to it.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, protocol: crypto.Protocol):
+        u = cfg.privacy.user
+        self.cfg = cfg
+        self.mode = u.noise
+        self.quantum: float | None = getattr(protocol, "quantum", None)
+        self.clip_norm = u.clip_norm
+        self.noise_multiplier = u.noise_multiplier
+        self.protocol = protocol
+        # Coordinates beyond +-clip are clipped by fixed-point protocols.
+        self.coordinate_range = float(protocol.options.get("clip", math.inf))
+        self.adaptive: privacy.AdaptiveClipNorm | None = None
+        self.update_noise_multiplier = u.noise_multiplier
+        expected = cfg.federation.clients * cfg.federation.sample_rate
+        if u.adaptive_quantile is not None:
+            count_std = (
+                u.adaptive_count_noise if u.adaptive_count_noise is not None else expected / 20
+            )
+            self.adaptive = privacy.AdaptiveClipNorm(
+                initial_norm=u.clip_norm,
+                target_quantile=u.adaptive_quantile,
+                learning_rate=u.adaptive_lr,
+                count_noise_std=count_std,
+                expected_clients=expected,
+            )
+            if u.noise_multiplier > 0:
+                self.update_noise_multiplier = privacy.adaptive_update_noise_multiplier(
+                    noise_multiplier=u.noise_multiplier, count_noise_std=count_std
+                )
+        # The Skellam plan accounted for: the most conservative (smallest L2) one so far.
+        self.plan: privacy.SkellamPlan | None = None
+        if self.adaptive is not None and u.clip_norm > self.max_adaptive_norm:
+            raise ConfigError(
+                f"aggregation.options.clip = {self.coordinate_range:g} cannot hold updates "
+                f"clipped to privacy.user.clip_norm = {u.clip_norm:g} with the unclipped count "
+                f"and noise headroom (largest norm it fits: {self.max_adaptive_norm:.4g}): "
+                "raise aggregation.options.clip or lower clip_norm"
+            )
+
+    @property
+    def norm(self) -> float:
+        """The clip norm this round: the adaptive one, capped to fit the protocol's range."""
+        if self.adaptive is None:
+            return self.clip_norm
+        return min(self.adaptive.norm, self.max_adaptive_norm)
+
+    @property
+    def max_adaptive_norm(self) -> float:
+        """Largest adaptive norm whose submitted coordinates fit the fixed-point range.
+
+        Coordinates are at most ``S`` (update) and ``kappa / 2`` (count), plus 8 standard
+        deviations of a client's distributed noise share (at most ``z_u S``), all linear in
+        ``S``; beyond this the protocol would clip after the noise is added, breaking the
+        accounted mechanism, so the norm stops growing here instead.
+        """
+        assert self.adaptive is not None
+        per_norm = 1.0
+        if self.count_in_client_noise:
+            z_u = self.update_noise_multiplier
+            per_norm = max(1.0, z_u / self.adaptive.count_noise_std / 2) + 8.0 * z_u
+        return self.coordinate_range / per_norm
+
+    @property
+    def count_slots(self) -> int:
+        """Coordinates a client appends to its update: 1 (the count) with adaptive clipping."""
+        return 0 if self.adaptive is None else 1
+
+    @property
+    def count_in_client_noise(self) -> bool:
+        """True when the clients' split noise is also the count's noise."""
+        return (
+            self.adaptive is not None and self.mode == "distributed" and self.noise_multiplier > 0
+        )
+
+    @property
+    def count_scale(self) -> float:
+        """``kappa``: a client's count coordinate is ``kappa * (b_i - 1/2)`` this round."""
+        assert self.adaptive is not None
+        if self.count_in_client_noise:
+            return self.update_noise_multiplier * self.norm / self.adaptive.count_noise_std
+        return min(self.norm, self.coordinate_range)
+
+    @property
+    def sensitivity(self) -> float:
+        """L2 bound of a submitted vector: ``S``, or ``sqrt(S^2 + kappa^2/4)`` with the count."""
+        if self.adaptive is None:
+            return self.norm
+        return math.hypot(self.norm, self.count_scale / 2)
+
+    def clip(self, payload: NDArray[np.float64]) -> tuple[NDArray[np.float64], bool]:
+        return privacy.clip_update(payload, norm=self.norm)
+
+    def client_vector(self, payload: NDArray[np.float64]) -> NDArray[np.float64]:
+        """What a client submits: its clipped update, plus the scaled, centred unclipped bit
+        as one last coordinate under adaptive clipping (the bit is never sent on its own)."""
+        clipped, was_clipped = self.clip(payload)
+        if self.adaptive is None:
+            return clipped
+        kappa = self.count_scale  # fits the range: ``norm`` is capped by max_adaptive_norm
+        return np.append(clipped, kappa * (0.0 if was_clipped else 1.0) - kappa / 2)
+
+    def client_noise(
+        self, dim: int, *, cohort: int, rng: np.random.Generator
+    ) -> NDArray[np.float64]:
+        """This client's share of the noise on its ``dim``-long vector (zero for central
+        noise); with adaptive clipping it also noises the count coordinate."""
+        if self.mode == "central" or self.noise_multiplier == 0:
+            return np.zeros(dim)
+        dropouts = self.protocol.max_dropouts(cohort)
+        if self.quantum is not None:
+            plan = privacy.plan_skellam(
+                noise_multiplier=self.noise_multiplier,
+                clip_norm=self.sensitivity,
+                quantum=self.quantum,
+                dim=dim,
+                clients=cohort,
+                tolerated_dropouts=dropouts,
+            )
+            if self.plan is None or plan.l2 <= self.plan.l2:
+                self.plan = plan  # Skellam RDP only grows as L2 (the clip norm) shrinks
+            return plan.client_noise(rng).astype(np.float64) * self.quantum
+        std = privacy.split_noise_std(
+            noise_multiplier=self.update_noise_multiplier,
+            clip_norm=self.norm,
+            clients=cohort,
+            tolerated_dropouts=dropouts,
+        )
+        return privacy.gaussian_noise(dim, std=std, rng=rng)
+
+    def central_noise(
+        self,
+        dim: int,
+        *,
+        rng: np.random.Generator,
+        count_rng: np.random.Generator | None = None,
+    ) -> NDArray[np.float64]:
+        """Noise the aggregate's reader adds to the summed ``dim``-long vector: the update's
+        (zero when clients added it) and the count's, unless the clients' noise covers it."""
+        n = dim - self.count_slots
+        out = np.zeros(dim)
+        if self.mode == "central" and self.noise_multiplier > 0:
+            std = self.update_noise_multiplier * self.norm
+            out[:n] = privacy.gaussian_noise(n, std=std, rng=rng)
+        if self.adaptive is not None and not self.count_in_client_noise:
+            std = self.adaptive.count_noise_std * self.count_scale
+            count_rng = count_rng or privacy.make_noise_rng()
+            out[n] = privacy.gaussian_noise(1, std=std, rng=count_rng)[0]
+        return out
+
+    def read_aggregate(
+        self,
+        weighted_sum: NDArray[np.float64],
+        *,
+        contributors: int,
+        rng: np.random.Generator,
+        count_rng: np.random.Generator | None = None,
+    ) -> NDArray[np.float64]:
+        """The noised mean update from the protocol's sum (uniform weights); with adaptive
+        clipping, read the noised unclipped count off the last coordinate, strip it and move
+        the clip norm."""
+        total = weighted_sum + self.central_noise(len(weighted_sum), rng=rng, count_rng=count_rng)
+        n = len(total) - self.count_slots
+        if self.adaptive is not None:
+            count = float(total[n]) / self.count_scale + contributors / 2
+            self.adaptive.update(unclipped=count, participants=contributors, already_noised=True)
+        return total[:n] / contributors
+
+    def epsilon(self, rounds: int) -> float:
+        p = self.cfg.privacy
+        rate = self.cfg.federation.sample_rate
+        if self.noise_multiplier == 0:
+            return float("inf")
+        if self.plan is not None:
+            return self.plan.epsilon(sample_rate=rate, rounds=rounds, delta=p.delta)
+        return privacy.user_level_epsilon(
+            noise_multiplier=self.noise_multiplier, sample_rate=rate, rounds=rounds,
+            delta=p.delta, accountant=p.sample.accountant,
+        )  # fmt: skip
+
+    def report(self, rounds: int) -> dict[str, Any]:
+        dp = privacy.UserLevelDP(clip_norm=self.norm, noise_multiplier=self.noise_multiplier)
+        out = privacy.user_level_report(
+            dp,
+            noise=self.mode,
+            sample_rate=self.cfg.federation.sample_rate,
+            rounds=rounds,
+            delta=self.cfg.privacy.delta,
+            accountant=self.cfg.privacy.sample.accountant,
+            skellam=self.plan,
+        )
+        out["epsilon"] = self.epsilon(rounds)
+        out["adaptive_clipping"] = None
+        if self.adaptive is not None:
+            out["adaptive_clipping"] = {
+                **self.adaptive.state_dict(),
+                "update_noise_multiplier": self.update_noise_multiplier,
+                "count_aggregation": self.count_aggregation(),
+            }
+        return out
+
+    def count_aggregation(self) -> str:
+        """How the unclipped count is released (privacy report and threat model)."""
+        who = "the clients' split noise" if self.count_in_client_noise else "the reader"
+        sees = self.protocol.threat_model().server_sees
+        return (
+            f"each client's unclipped bit is one extra coordinate of the vector it submits, "
+            f"aggregated by the {self.protocol.name} protocol with its update, so the bit is "
+            f"as visible as the update itself (server sees: {sees}); the released count is "
+            f"noised by {who}"
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "adaptive": self.adaptive.state_dict() if self.adaptive else None,
+            "skellam_plan": dataclasses.asdict(self.plan) if self.plan else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.adaptive is not None and state.get("adaptive"):
+            self.adaptive.load_state_dict(state["adaptive"])
+        if state.get("skellam_plan"):
+            self.plan = privacy.SkellamPlan(**state["skellam_plan"])
+
+
+def protocol_options(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The configured protocol options, completed by what the runner knows.
+
+    Client weights are scaled into (0, 1] by the runner, so ``max_weight`` defaults to 1
+    (integer encodings then spend no bits on weight headroom); with user-level DP the
+    quantisation range ``clip`` follows from the clip norm.
+    """
+    options = dict(cfg.aggregation.options)
+    proto_cls = crypto.get_protocol(cfg.aggregation.protocol)
+    if "max_weight" in proto_cls.option_names and "max_weight" not in options:
+        options["max_weight"] = 1.0
+    u = cfg.privacy.user
+    if u.enabled and "clip" in proto_cls.option_names and "clip" not in options:
+        if u.adaptive_quantile is not None:
+            raise ConfigError(
+                "adaptive clipping changes the clip norm every round: set "
+                "aggregation.options.clip to the largest norm you allow (the unclipped "
+                "count's extra coordinate must fit in it too)"
+            )
+        # Clipped coordinates lie in [-S, S]. A client's distributed noise has std at most
+        # z*S (one survivor); 8 standard deviations keep clipping of noise below 1e-15.
+        margin = 1.0 if u.noise == "central" else 1.0 + 8.0 * u.noise_multiplier
+        options["clip"] = u.clip_norm * margin
+    return options

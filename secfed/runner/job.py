@@ -1,0 +1,306 @@
+"""In-process simulation of a federated job: rounds, sampling, local training, aggregation.
+
+One :class:`FederatedRunner` owns a run directory. Each round it samples a cohort, trains
+every member's adapter locally, ferries the updates through the configured aggregation
+protocol (bytes counted), applies the server strategy, evaluates, records metrics and writes
+a checkpoint; :meth:`FederatedRunner.resume` continues from the last complete checkpoint and
+ends where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import crypto
+import models
+import privacy
+
+from .. import training
+from ..assembly import JobParts, build_parts
+from ..checkpoint import JobState, load_checkpoint, save_checkpoint
+from ..config import ExperimentConfig, load_config
+from ..errors import ConfigError, ResumeError
+from ..job_dp import (
+    SampleLevelDP,
+    UserLevelDP,
+    dp_threat,
+    privacy_fields,
+    privacy_summary,
+    protocol_options,
+)
+from ..plugins import TrainingPlugin, build_plugins
+from ..rundir import RunDir, write_json_atomic
+from ..sft import evaluate_sft, sft_loss
+from ..strategies import Strategy, create_strategy
+from ..training import classification_loss
+from .local import ClientResult, LocalTraining, derive_seed
+from .record import RoundClock, round_record, skipped_record
+
+log = logging.getLogger(__name__)
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+class FederatedRunner(LocalTraining):
+    """Runs (or resumes) one job in-process.
+
+    Reading order: lifecycle (``start``/``resume``/``run``), then one round
+    (:meth:`run_round`: sample -> train -> aggregate -> apply strategy -> evaluate -> record ->
+    checkpoint), then the end-of-job outputs. Client-side training is in
+    :class:`~secfed.runner.local.LocalTraining`, the record's fields in :mod:`.record`.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path):
+        self.cfg = cfg
+        self.dir = RunDir(run_dir)
+        self.parts: JobParts = build_parts(cfg)
+        self.dim = models.adapter_size(self.parts.model)
+        self.strategy: Strategy = create_strategy(
+            cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
+        )
+        self.protocol = crypto.create_protocol(cfg.aggregation.protocol, **protocol_options(cfg))
+        self.loss_fn = classification_loss if cfg.model.task == "classification" else sft_loss
+        self.plugins: list[TrainingPlugin] = build_plugins(cfg, self.parts)
+        self.sample_dp: SampleLevelDP | None = None
+        if cfg.privacy.sample.enabled:
+            privacy.check_dp_support(self.parts.model)
+        self.user_dp = UserLevelDP(cfg, self.protocol) if cfg.privacy.user.enabled else None
+        initial = models.adapter_vector(self.parts.model).astype(np.float64)
+        self.state = JobState(round=0, job_id="", global_vector=initial)
+        self.stopped_early: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> FederatedRunner:
+        """Reopen a run directory at its last complete checkpoint."""
+        rd = RunDir(run_dir)
+        if not rd.config.exists():
+            raise ResumeError(f"{run_dir} has no config.toml: it is not a secfed run directory")
+        runner = cls(load_config(rd.config), run_dir)
+        latest = rd.latest_checkpoint()
+        if latest is None:
+            raise ResumeError(
+                f"{run_dir} has no complete checkpoint; start it again without --resume"
+            )
+        runner._restore(load_checkpoint(latest))
+        return runner
+
+    def _restore(self, state: JobState) -> None:
+        self.state = state
+        self.strategy.load_state_dict(state.strategy)
+        self.dir.remove_incomplete_checkpoints()
+        self.dir.truncate_metrics(state.round)
+        self._setup_keys()
+        self._setup_plugins(resumed=True)
+        if self.sample_dp is not None:
+            self.sample_dp.load_state_dict(state.privacy["sample"])
+        if self.user_dp is not None:
+            self.user_dp.load_state_dict(state.privacy["user"])
+
+    def _setup_keys(self) -> None:
+        key_dir = (
+            Path(self.cfg.aggregation.key_dir) if self.cfg.aggregation.key_dir else self.dir.keys
+        )
+        self.protocol.setup(job_id=self.state.job_id, key_dir=key_dir)
+
+    def start(self) -> None:
+        """Create the run directory and the job's identity and keys."""
+        if self.dir.latest_checkpoint() is not None:
+            raise ConfigError(
+                f"{self.dir.root} already holds a run; resume it with `secfed run --resume "
+                f"{self.dir.root}` or choose another --out"
+            )
+        self.dir.create()
+        self.dir.config.write_text(self.cfg.to_toml())
+        self.state.job_id = f"{self.cfg.name}/{self.cfg.seed}/{secrets.token_hex(8)}"
+        self._setup_keys()
+        self._setup_plugins(resumed=False)
+
+    def _setup_plugins(self, *, resumed: bool) -> None:
+        for plugin in self.plugins:
+            plugin.setup(run_dir=self.dir.root, model=self.parts.model, resumed=resumed)
+        self.setup_sample_dp()
+
+    def setup_sample_dp(self) -> None:
+        """Create the DP-SGD ledger; call after plugins hold their keys (they add examples)."""
+        if self.cfg.privacy.sample.enabled:
+            sizes = {cid: len(self.client_data(cid)) for cid in range(self.cfg.federation.clients)}
+            self.sample_dp = SampleLevelDP(self.cfg, sizes)
+
+    def run(self, on_round: RoundCallback | None = None) -> dict[str, Any]:
+        """Run the remaining rounds and write the final outputs."""
+        if not self.state.job_id:
+            self.start()
+        for round_ in range(self.state.round + 1, self.cfg.federation.rounds + 1):
+            if self.sample_dp is not None and self.sample_dp.exhausted():
+                log.warning(
+                    "privacy budget exhausted for every client after round %d: ending the job "
+                    "early, results kept",
+                    self.state.round,
+                )
+                self.stopped_early = f"privacy budget exhausted after round {self.state.round}"
+                break
+            record = self.run_round(round_)
+            if on_round is not None:
+                on_round(record)
+        return self.finish()
+
+    # -- one round -------------------------------------------------------------------------
+    def sample_cohort(self, round_: int) -> list[int]:
+        """Clients taking part in ``round_`` (Bernoulli sampling, at least one)."""
+        n, rate = self.cfg.federation.clients, self.cfg.federation.sample_rate
+        rng = np.random.default_rng(derive_seed(self.cfg.seed, "cohort", round_))
+        chosen = [c for c in range(n) if rng.random() < rate]
+        return chosen or [int(rng.integers(n))]
+
+    def aggregate(self, round_: int, results: list[ClientResult]) -> crypto.RoundOutcome:
+        """Ferry the cohort's payloads through the protocol."""
+        dim = len(results[0].payload)
+        spec = crypto.RoundSpec(
+            job_id=self.state.job_id,
+            round=round_,
+            cohort=tuple(r.client_id for r in results),
+            dim=dim,
+        )
+        server = self.protocol.server_session(spec)
+        clients = {}
+        for r in results:
+            vector = r.payload
+            if self.user_dp is not None:
+                rng = self.noise_rng("client", round_, r.client_id)
+                vector = vector + self.user_dp.client_noise(dim, cohort=len(results), rng=rng)
+            clients[r.client_id] = self.protocol.client_session(spec, r.client_id, vector, r.weight)
+        return crypto.run_round(server, clients)
+
+    def run_round(self, round_: int) -> dict[str, Any]:
+        """sample -> train -> aggregate -> apply strategy -> evaluate -> record -> checkpoint."""
+        clock = RoundClock()
+        sampled = self.sample_cohort(round_)
+        cohort = self.sample_dp.admit(round_, sampled) if self.sample_dp is not None else sampled
+        if not cohort:
+            history = self.dir.read_metrics()
+            return self.close_round(round_, skipped_record(round_, sampled, history), clock)
+        with clock.phase("train"):
+            results = self.train_cohort(round_, cohort)
+        with clock.phase("aggregate"):
+            outcome = self.aggregate(round_, results)
+        self.apply_strategy(round_, results, outcome)
+        with clock.phase("evaluate"):
+            metrics = self.evaluate()
+        record = round_record(
+            round_, metrics=metrics, cohort=cohort, results=results, outcome=outcome,
+            clock=clock, release_loss=self.sample_dp is None and self.user_dp is None,
+        )  # fmt: skip
+        return self.close_round(round_, record, clock)
+
+    def apply_strategy(
+        self, round_: int, results: list[ClientResult], outcome: crypto.RoundOutcome
+    ) -> None:
+        """Turn the aggregate into the new global adapter (and load it into the model)."""
+        contributors = set(outcome.aggregate.contributors)
+        for r in results:
+            if r.client_id in contributors:
+                self.strategy.commit_client(r.client_id)
+        participation = len(contributors) / self.cfg.federation.clients
+        mean = outcome.aggregate.mean
+        if self.user_dp is not None:
+            # The party that reads the aggregate adds the central noise (zero if clients did),
+            # takes the noised unclipped count off the last coordinate (adaptive clipping),
+            # strips it and divides by the number of contributors (uniform weights).
+            mean = self.user_dp.read_aggregate(
+                outcome.aggregate.weighted_sum,
+                contributors=len(contributors),
+                rng=self.noise_rng("central", round_),
+                count_rng=self.noise_rng("clipcount", round_),
+            )
+        new_global = self.strategy.apply(
+            self.state.global_vector, mean, participation=participation
+        )
+        # The model holds float32: keep the global vector exactly representable.
+        self.state.global_vector = new_global.astype(np.float32).astype(np.float64)
+        self.state.strategy = self.strategy.state_dict()
+        models.load_adapter_vector(self.parts.model, self.state.global_vector.astype(np.float32))
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics of the current global model; ``accuracy`` is exact match for SFT."""
+        if self.parts.test_records is None:
+            return training.evaluate(self.parts.model, self.parts.test_set)
+        data = self.cfg.data
+        out = evaluate_sft(
+            self.parts.model,
+            self.parts.tokenizer,
+            self.parts.test_set,
+            self.parts.test_records[: data.eval_generate],
+            max_new_tokens=data.max_new_tokens,
+        )
+        return {**out, "accuracy": out["exact_match"]}
+
+    def privacy_fields(self, round_: int) -> dict[str, Any]:
+        """Per-round privacy fields of metrics.jsonl."""
+        return privacy_fields(self.sample_dp, self.user_dp, round_=round_)
+
+    def close_round(self, round_: int, record: dict[str, Any], clock: RoundClock) -> dict[str, Any]:
+        """Add privacy fields, append the record and checkpoint."""
+        record.update(self.privacy_fields(round_))
+        self.state.round = round_
+        self.state.privacy = {
+            "sample": self.sample_dp.state_dict() if self.sample_dp is not None else None,
+            "user": self.user_dp.state_dict() if self.user_dp is not None else None,
+        }
+        record["seconds"] = clock.elapsed()
+        self.dir.append_metrics(record)
+        if round_ % self.cfg.output.checkpoint_every == 0 or round_ == self.cfg.federation.rounds:
+            save_checkpoint(self.dir.checkpoint(round_), self.state)
+        log.info("round %d: accuracy %s loss %s", round_, record["accuracy"], record["loss"])
+        return record
+
+    # -- end of job ------------------------------------------------------------------------
+    def privacy_summary(self) -> dict[str, Any]:
+        """The privacy report: mechanisms, accountant, spend per client, threat model."""
+        return privacy_summary(
+            self.cfg, self.sample_dp, self.user_dp, rounds=self.state.round,
+            threat_model=self.threat_report(),
+        )  # fmt: skip
+
+    def threat_report(self) -> dict[str, Any]:
+        """What the run protects: protocol threat model plus the DP level."""
+        tm = self.protocol.threat_model().as_dict()
+        tm["dp"] = dp_threat(self.cfg, self.user_dp)
+        tm["max_dropouts_per_round"] = self.protocol.max_dropouts(self.cfg.federation.clients)
+        return tm
+
+    def finish(self) -> dict[str, Any]:
+        """Save the final adapter and base model, and write ``summary.json``."""
+        models.load_adapter_vector(self.parts.model, self.state.global_vector.astype(np.float32))
+        models.save_adapter(self.parts.model, self.dir.adapter)
+        if not self.dir.base_model.exists():
+            models.save_base_model(self.parts.model, self.parts.tokenizer, self.dir.base_model)
+        rows = self.dir.read_metrics()
+        last = rows[-1] if rows else {}
+        summary: dict[str, Any] = {
+            "name": self.cfg.name,
+            "rounds": self.state.round,
+            "accuracy": last.get("accuracy"),
+            "loss": last.get("loss"),
+            "protocol": self.cfg.aggregation.protocol,
+            "strategy": self.cfg.federation.strategy,
+            "adapter": self.cfg.adapter.method,
+            "adapter_parameters": self.dim,
+            "seconds": sum(r.get("seconds", 0.0) for r in rows),
+            "bytes_up_per_round": float(np.mean([r["bytes_up"] for r in rows])) if rows else 0.0,
+            "threat_model": self.protocol.threat_model().as_dict(),
+        }
+        if self.stopped_early:
+            summary["stopped_early"] = self.stopped_early
+        summary["privacy"] = self.privacy_summary()
+        write_json_atomic(self.dir.root / "privacy_report.json", summary["privacy"])
+        for plugin in self.plugins:
+            summary[plugin.name] = plugin.finish(run_dir=self.dir.root, model=self.parts.model)
+        write_json_atomic(self.dir.summary, summary)
+        return summary

@@ -1,0 +1,93 @@
+"""A round's metrics record: phase timings and the fields of one metrics.jsonl line."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+import crypto
+
+from .local import ClientResult
+
+
+class RoundClock:
+    """Wall time of a round and of its named phases."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.phases: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.perf_counter() - t0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def round_record(
+    round_: int,
+    *,
+    metrics: dict[str, float],
+    cohort: list[int],
+    results: list[ClientResult],
+    outcome: crypto.RoundOutcome,
+    clock: RoundClock,
+    release_loss: bool,
+) -> dict[str, Any]:
+    """The metrics.jsonl record of a round that produced an aggregate.
+
+    ``release_loss`` adds the clients' mean un-noised training loss: only where no DP promise
+    covers the run.
+    """
+    traffic = outcome.traffic
+    n = max(len(results), 1)
+    record: dict[str, Any] = {
+        "round": round_,
+        **metrics,
+        "cohort": cohort,
+        "contributors": sorted(outcome.aggregate.contributors),
+        "dropped": list(outcome.dropped),
+        "bytes_up": sum(traffic.bytes_up.values()) / n,
+        "bytes_down": sum(traffic.bytes_down.values()) / n,
+        "bytes_up_per_client": {str(k): v for k, v in sorted(traffic.bytes_up.items())},
+        "bytes_down_per_client": {str(k): v for k, v in sorted(traffic.bytes_down.items())},
+        "phases": {
+            "train": clock.phases.get("train", 0.0),
+            "aggregate": clock.phases.get("aggregate", 0.0),
+            "aggregate_server": traffic.server_seconds,
+            "aggregate_client_max": max(traffic.client_seconds.values(), default=0.0),
+            "evaluate": clock.phases.get("evaluate", 0.0),
+        },
+        "aggregate_error_bound": outcome.aggregate.error_bound,
+    }
+    if release_loss:
+        record["train_loss"] = float(np.mean([r.loss for r in results]))
+    return record
+
+
+def skipped_record(
+    round_: int, sampled: list[int], history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The record of a round in which no sampled client could train within its budget
+    (metrics carried over from the last record in ``history``)."""
+    previous = history[-1] if history else None
+    return {
+        "round": round_,
+        "accuracy": previous["accuracy"] if previous else None,
+        "loss": previous["loss"] if previous else None,
+        "cohort": [],
+        "sampled": sampled,
+        "contributors": [],
+        "bytes_up": 0.0,
+        "bytes_down": 0.0,
+        "note": "every sampled client is out of privacy budget; global model unchanged",
+    }

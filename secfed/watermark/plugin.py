@@ -1,0 +1,189 @@
+"""Watermark plugin: each owner (and optionally the job) embeds its own key every round.
+
+Owners are clients ``0 .. owners-1``; with ``job_key`` the job owner has a key too, which
+every client embeds (it is handed to the clients, never to the server). Setup writes one
+key per owner to ``run_dir/watermark/owner_<id>.key`` (``job.key`` for the job), 0600, and
+the public commitments to ``run_dir/watermark/commitments.json``; keys never reach the
+aggregation protocol, so every protocol works unchanged. Both terms are gradient hooks on
+no private data, added after DP-SGD's clipping and noise: the white-box signature loss
+(always norm-capped), and the loss on the key's own trigger set
+(:mod:`secfed.watermark.triggers`; norm-capped under DP-SGD, weighted like data otherwise).
+
+Trigger sets default to the job key only (``triggers_for = "job"``): FedAvg divides one
+owner's update by the cohort size every round, which a white-box signature survives but
+a memorised trigger set mostly does not; the job key is rehearsed by every client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from crypto import watermark as wm
+
+from ..assembly import JobParts
+from ..config import ExperimentConfig
+from ..errors import ConfigError
+from ..training import ExtraGrad
+from .triggers import TriggerRehearsal, trigger_alphabet
+from .verify import live_params, model_anchor, peft_config_dict, verify_keys
+
+log = logging.getLogger(__name__)
+
+JOB_OWNER = -1  # owner id of the job key
+
+
+def weights_digest(params: dict[str, torch.nn.Parameter]) -> int:
+    """A 64-bit integer that depends on every trainable weight (SHA-256 of their bytes)."""
+    h = hashlib.sha256()
+    for name in sorted(params):
+        h.update(params[name].detach().cpu().contiguous().numpy().tobytes())
+    return int.from_bytes(h.digest()[:8], "big")
+
+
+def key_path(run_dir: Path, owner: int) -> Path:
+    """Where an owner's key lives in a run directory (``job.key`` for the job key)."""
+    name = "job" if owner == JOB_OWNER else f"owner_{owner}"
+    return run_dir / "watermark" / f"{name}.key"
+
+
+class WatermarkPlugin:
+    """Per-owner (and job) white-box signatures and trigger sets (a ``TrainingPlugin``)."""
+
+    name = "watermark"
+
+    def __init__(self, cfg: ExperimentConfig, parts: JobParts):
+        self.cfg = cfg.watermark
+        self.parts = parts
+        if self.cfg.owners > cfg.federation.clients:
+            raise ConfigError(
+                f"watermark.owners = {self.cfg.owners} exceeds federation.clients = "
+                f"{cfg.federation.clients}; owners are clients 0..owners-1"
+            )
+        if self.cfg.triggers and cfg.model.task != "classification":
+            raise ConfigError(
+                f"watermark.triggers = {self.cfg.triggers} needs model.task = "
+                f"'classification' (trigger labels are classes), not {cfg.model.task!r}; "
+                "set watermark.triggers = 0 to keep the white-box signatures only"
+            )
+        if self.cfg.triggers and self.cfg.triggers_for == "job" and not self.cfg.job_key:
+            raise ConfigError(
+                f"watermark.triggers = {self.cfg.triggers} with triggers_for = 'job' needs a "
+                "job key: set watermark.job_key = true (or triggers_for = 'all')"
+            )
+        self.clip_norm = cfg.privacy.sample.max_grad_norm if cfg.privacy.sample.enabled else None
+        self.max_length = cfg.model.max_length
+        self.num_labels = max(parts.data.num_labels, 2)
+        self.peft_config = peft_config_dict(parts.model)
+        self.keys: dict[int, wm.WatermarkKey] = {}
+        self.embedders: dict[int, wm.SignEmbedder] = {}
+        self.rehearsals: dict[int, TriggerRehearsal] = {}
+
+    # -- setup -----------------------------------------------------------------------------
+    def owner_ids(self) -> list[int]:
+        """Every key holder: owner clients, then the job when it has a key."""
+        return list(range(self.cfg.owners)) + ([JOB_OWNER] if self.cfg.job_key else [])
+
+    def _trigger_spec(self, owner: int) -> wm.TriggerSpec | None:
+        if self.cfg.triggers == 0 or (self.cfg.triggers_for == "job" and owner != JOB_OWNER):
+            return None
+        tok = self.parts.tokenizer
+        first = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        return wm.TriggerSpec(
+            count=self.cfg.triggers,
+            length=min(self.cfg.trigger_length, self.max_length),
+            alphabet=trigger_alphabet(tok),
+            num_labels=self.num_labels,
+            prefix=() if first is None else (int(first),),
+        )
+
+    def setup(self, *, run_dir: Path, model: torch.nn.Module, resumed: bool) -> None:
+        """Create (or reload) every owner's key; refuse more bits than the anchor carries."""
+        params = live_params(model)
+        capacity = wm.anchor_capacity(params, self.peft_config)
+        owners = self.owner_ids()
+        wm.check_capacity(total_bits=len(owners) * self.cfg.bits, capacity=capacity)
+        with torch.no_grad():
+            layout = wm.layout_of(wm.adapter_anchor(params, self.peft_config))
+        kind = wm.anchor_kind(self.peft_config)
+        commitments: dict[str, str] = {}
+        for owner in owners:
+            path = key_path(run_dir, owner)
+            if path.exists():
+                key = wm.load_key(path)
+            else:
+                if resumed:
+                    log.warning("watermark key %s missing on resume; making a new one", path)
+                key = wm.generate_key(
+                    owner=owner,
+                    bits=self.cfg.bits,
+                    anchor_kind=kind,
+                    layout=layout,
+                    triggers=self._trigger_spec(owner),
+                )
+                wm.save_key(key, path)
+            self.keys[owner] = key
+            self.embedders[owner] = wm.SignEmbedder(
+                key, strength=self.cfg.strength, margin=self.cfg.margin
+            )
+            if key.triggers is not None:
+                self.rehearsals[owner] = TriggerRehearsal(
+                    key, batch=self.cfg.trigger_batch, weight=self.cfg.trigger_weight
+                )
+            commitments[key_path(run_dir, owner).stem] = wm.commitment(key)
+        (run_dir / "watermark" / "commitments.json").write_text(
+            json.dumps({"capacity": capacity, "commitments": commitments}, indent=2) + "\n"
+        )
+
+    # -- training --------------------------------------------------------------------------
+    def client_grad_hook(self, client_id: int, model: torch.nn.Module) -> ExtraGrad | None:
+        """Capped signature and trigger gradients of the keys this client embeds (or None).
+
+        A client embeds its own key (owners) and the job key (everyone). Signature terms are
+        capped to a fraction of the task gradient's norm as it arrives (of the clipping norm
+        under DP-SGD), measured before any term is added; trigger terms get the same cap
+        under DP-SGD only (without DP they are ordinary extra examples, ``trigger_weight``).
+        """
+        mine = [o for o in (client_id, JOB_OWNER) if o in self.embedders]
+        if not mine:
+            return None
+        terms = [(self.embedders[o], self.rehearsals.get(o)) for o in mine]
+        config, fraction, clip = self.peft_config, self.cfg.max_grad_fraction, self.clip_norm
+        # Each round starts at a trigger picked from the round's starting weights, so that
+        # clients with few local steps still cover every trigger over the rounds, and a
+        # resumed job picks the same one.
+        start = weights_digest(live_params(model))
+        cursors = {o: start % r.count if (r := self.rehearsals.get(o)) else 0 for o in mine}
+
+        def hook(m: torch.nn.Module) -> None:
+            params = live_params(m)
+            limit = fraction * (clip if clip is not None else wm.grad_norm(params))
+            for owner, (embedder, rehearsal) in zip(mine, terms, strict=True):
+                grads = embedder.gradients(params, config)
+                if grads:
+                    wm.add_grads(params, wm.cap_norm(grads, limit=limit))
+                if rehearsal is not None:
+                    trig, cursors[owner] = rehearsal.gradients(m, params, start=cursors[owner])
+                    wm.add_grads(params, wm.cap_norm(trig, limit=limit) if clip else trig)
+
+        return hook
+
+    # -- end of job ------------------------------------------------------------------------
+    def finish(self, *, run_dir: Path, model: torch.nn.Module) -> dict[str, Any]:
+        """Verify every key on the final model; report verdicts and how many coexist."""
+        keys = [self.keys[o] for o in sorted(self.keys)]
+        verdicts = verify_keys(keys, anchor=model_anchor(model), model=model)
+        return {
+            "owners": self.cfg.owners,
+            "job_key": self.cfg.job_key,
+            "bits": self.cfg.bits,
+            "triggers": self.cfg.triggers,
+            "marked": sum(v.marked for v in verdicts),
+            "alpha": verdicts[0].alpha if verdicts else wm.DEFAULT_ALPHA,
+            "keys": {key_path(Path(), v.owner).stem: v.as_dict() for v in verdicts},
+        }

@@ -14,8 +14,9 @@ key holders learn the total weight, exactly for dyadic weights such as integer c
 
 Error bound. For ``m`` contributors and inputs inside ``[-clip, clip]`` every coordinate of the
 decoded weighted sum is within ``m * 0.5 / S`` (rounding, see
-:func:`crypto.core.fixedpoint.rounding_bound`) plus ``m * clip * max_weight * 2**-50`` (float64 rounding)
-of ``sum_i w_i v_i``; see :func:`error_bound`. Clipping beyond ``clip`` is intended, not error.
+:func:`crypto.core.fixedpoint.rounding_bound`) plus ``m * clip * max_weight * 2**-50``
+(float64 rounding) of ``sum_i w_i v_i``; see :func:`error_bound`. Clipping beyond ``clip`` is
+intended, not error.
 
 Packing. ``slots_per_plaintext`` terms of ``slot_bits`` bits each form one big-endian integer
 (first slot most significant). ``slot_bits`` is the bit length of ``parties * term_max``, so the

@@ -11,6 +11,7 @@ from .adapters import (
     PEFT_METHODS,
     VALID_OPTIONS,
     AdapterSpec,
+    adapter_disabled,
     attach_adapter,
 )
 from .bottleneck import (
@@ -54,6 +55,7 @@ __all__ = [
     "ModelLoadError",
     "PretrainResult",
     "PretrainSpec",
+    "adapter_disabled",
     "adapter_layout",
     "adapter_size",
     "adapter_vector",

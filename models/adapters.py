@@ -10,7 +10,8 @@ at construction (a typo fails early, naming the option and the valid ones). Afte
 from __future__ import annotations
 
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from peft import (
     TaskType,
     get_peft_model,
 )
+from torch import nn
 from transformers import PreTrainedModel
 
 from ._quiet import quiet
@@ -32,6 +34,8 @@ from .bottleneck import (
     BOTTLENECK_METHODS,
     BOTTLENECK_OPTIONS,
     BottleneckConfig,
+    adapters_disabled,
+    bottleneck_config_of,
     inject_bottleneck,
 )
 from .errors import AdapterConfigError
@@ -341,3 +345,24 @@ def attach_adapter(
             "check target_modules"
         )
     return peft_model
+
+
+@contextmanager
+def adapter_disabled(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its frozen base inside the block (no copy of any weight is made).
+
+    peft models use ``PeftModel.disable_adapter()``; bottleneck adapters add nothing while
+    disabled. A model without an adapter is an error (there would be nothing to switch off).
+    """
+    if isinstance(model, PeftModel):
+        with model.disable_adapter():
+            yield
+        return
+    if bottleneck_config_of(model) is not None:
+        with adapters_disabled(model):
+            yield
+        return
+    raise AdapterConfigError(
+        f"{type(model).__name__} has no peft or bottleneck adapter to switch off; attach one "
+        "with attach_adapter first"
+    )

@@ -21,7 +21,8 @@ projections per family. Models with a bottleneck adapter are saved by
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -133,6 +134,7 @@ class Bottleneck(nn.Module):
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
         self.pending: torch.Tensor | None = None  # parallel: the FFN input of this call
+        self.enabled = True  # False inside adapters_disabled(): the base model's output
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.act(self.down(x)))  # type: ignore[no-any-return]
@@ -146,6 +148,8 @@ def _mark(hook: Any) -> Any:
 @_mark
 def _sequential_hook(module: nn.Module, _args: Any, output: torch.Tensor) -> torch.Tensor:
     adapter = getattr(module, _CHILD)
+    if not adapter.enabled:
+        return output
     return output + adapter(output)  # type: ignore[no-any-return]
 
 
@@ -164,6 +168,8 @@ class _ParallelAdd:
         x, adapter.pending = adapter.pending, None
         if x is None:
             raise RuntimeError("parallel adapter ran without its FFN input; was the FFN bypassed?")
+        if not adapter.enabled:
+            return output
         return output + self.scale * adapter(x)  # type: ignore[no-any-return]
 
 
@@ -245,6 +251,20 @@ def inject_bottleneck(model: nn.Module, config: BottleneckConfig) -> list[str]:
             module.register_forward_hook(_sequential_hook)
     setattr(model, CONFIG_ATTR, config)
     return sorted(name for name, _, _ in targets)
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Run ``model`` as its base: every bottleneck adds nothing until the block exits."""
+    adapters = [m for m in model.modules() if isinstance(m, Bottleneck)]
+    states = [a.enabled for a in adapters]
+    for a in adapters:
+        a.enabled = False
+    try:
+        yield
+    finally:
+        for a, state in zip(adapters, states, strict=True):
+            a.enabled = state
 
 
 def bottleneck_config_of(model: nn.Module) -> BottleneckConfig | None:

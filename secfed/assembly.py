@@ -38,6 +38,9 @@ class JobParts:
     test_set: TensorDataset
     family: str
     test_records: list[tuple[str, str]] | None = None
+    #: DPO jobs: SFT tensors of each pair's (prompt, chosen), for the SFT phase and metrics.
+    sft_encoded: TensorDataset | None = None
+    sft_test_set: TensorDataset | None = None
 
 
 def public_corpus(source: str, num_texts: int = 2000) -> list[str] | None:
@@ -46,6 +49,11 @@ def public_corpus(source: str, num_texts: int = 2000) -> list[str] | None:
     They come from the task's generator but not from the job's seed, so they are never the
     clients' examples; the tokenizer and the optional pre-training both use them.
     """
+    if source == "dpo_builtin":
+        from .dpo import generate_preference_task
+
+        pairs = generate_preference_task(num_examples=num_texts, seed=PUBLIC_CORPUS_SEED)
+        return [p + c for p, c, _ in pairs] + [p + r for p, _, r in pairs]
     if source == "sft_builtin":
         from .sft import generate_sft_task
 
@@ -78,7 +86,7 @@ def _pretrain(
         )
     spec = models.PretrainSpec(steps=cfg.model.pretrain_steps, seed=PUBLIC_CORPUS_SEED)
     models.pretrain_tiny(
-        base, tokenizer, corpus, spec, family=cfg.model.family, task=cfg.model.task,
+        base, tokenizer, corpus, spec, family=cfg.model.family, task=cfg.model.base_task,
         max_length=cfg.model.max_length,
     )  # fmt: skip
 
@@ -105,7 +113,7 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
     num_labels = max(data.num_labels, 2)
     if cfg.model.path:
         base, tokenizer = models.load_pretrained(
-            cfg.model.path, task=cfg.model.task, num_labels=num_labels
+            cfg.model.path, task=cfg.model.base_task, num_labels=num_labels
         )
         family = models.family_of(base)
     else:
@@ -115,7 +123,7 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
         )
         base = models.build_tiny_model(
             family,
-            task=cfg.model.task,
+            task=cfg.model.base_task,
             vocab_size=len(tokenizer),
             num_labels=num_labels,
             seed=cfg.seed,
@@ -126,21 +134,47 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
         if cfg.model.pretrain_steps:
             _pretrain(cfg, base, tokenizer)
     spec = models.AdapterSpec(cfg.adapter.method, dict(cfg.adapter.options))
-    model = models.attach_adapter(base, spec, family=family, task=cfg.model.task, seed=cfg.seed)
+    model = models.attach_adapter(
+        base, spec, family=family, task=cfg.model.base_task, seed=cfg.seed
+    )
     test_idx = np.concatenate([s.test for s in shards]) if shards else np.array([], dtype=int)
     test_records = None
-    if data.records is not None:
+    sft_encoded = sft_test_set = None
+    if data.pairs is not None:
+        from .dpo import encode_dpo
+        from .sft import encode_sft
+
+        encoded = encode_dpo(tokenizer, data.pairs, max_length=cfg.model.max_length)
+        sft_encoded = encode_sft(tokenizer, data.records or [], max_length=cfg.model.max_length)
+        sft_test_set = _rows(sft_encoded, test_idx)
+        test_records = [(data.pairs[i][0], data.pairs[i][1]) for i in test_idx]
+    elif data.records is not None:
         from .sft import encode_sft
 
         encoded = encode_sft(tokenizer, data.records, max_length=cfg.model.max_length)
         test_records = [data.records[i] for i in test_idx]
     else:
         encoded = encode(tokenizer, data, max_length=cfg.model.max_length)
-    test_set = TensorDataset(*(t[torch.as_tensor(test_idx)] for t in encoded.tensors))
-    return JobParts(model, tokenizer, data, shards, encoded, test_set, family, test_records)
+    test_set = _rows(encoded, test_idx)
+    return JobParts(
+        model, tokenizer, data, shards, encoded, test_set, family, test_records, sft_encoded,
+        sft_test_set,
+    )  # fmt: skip
 
 
-def client_dataset(parts: JobParts, shard: ClientShard) -> TensorDataset:
-    """The tensors of one client's training examples."""
-    idx = torch.as_tensor(shard.train)
-    return TensorDataset(*(t[idx] for t in parts.encoded.tensors))
+def _rows(dataset: TensorDataset, idx: np.ndarray) -> TensorDataset:
+    index = torch.as_tensor(idx, dtype=torch.long)
+    return TensorDataset(*(t[index] for t in dataset.tensors))
+
+
+def client_dataset(parts: JobParts, shard: ClientShard, *, sft: bool = False) -> TensorDataset:
+    """The tensors of one client's training examples (``sft``: a DPO job's SFT view)."""
+    source = parts.sft_encoded if sft else parts.encoded
+    if source is None:
+        raise ConfigError("this job has no SFT view of its data (only DPO jobs do)")
+    return _rows(source, shard.train)
+
+
+def client_test_dataset(parts: JobParts, shard: ClientShard) -> TensorDataset:
+    """The tensors of one client's held-out examples."""
+    return _rows(parts.encoded, shard.test)

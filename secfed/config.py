@@ -28,11 +28,16 @@ class ModelSection(_Section):
 
     family: str = "bert"
     path: str | None = None
-    task: Literal["classification", "causal_lm"] = "classification"
+    task: Literal["classification", "causal_lm", "dpo"] = "classification"
     max_length: int = Field(32, ge=4, le=4096)
     vocab_size: int = Field(2000, ge=100, le=1_000_000)
     #: Public pre-training steps of the built-in model (0: random init; ignored with ``path``).
     pretrain_steps: int = Field(0, ge=0, le=100_000)
+
+    @property
+    def base_task(self) -> str:
+        """The head the model needs: ``classification``, else ``causal_lm`` (SFT and DPO)."""
+        return "classification" if self.task == "classification" else "causal_lm"
 
 
 class AdapterSection(_Section):
@@ -45,9 +50,10 @@ class AdapterSection(_Section):
 class DataSection(_Section):
     """Where the data comes from and how it is split across clients."""
 
-    source: Literal["builtin", "csv", "json", "parquet", "disk", "sft_builtin", "sft_json"] = (
-        "builtin"
-    )
+    source: Literal[
+        "builtin", "csv", "json", "parquet", "disk", "sft_builtin", "sft_json", "dpo_builtin",
+        "dpo_json",
+    ] = "builtin"  # fmt: skip
     path: str | None = None
     text_column: str = "text"
     label_column: str = "label"
@@ -59,12 +65,14 @@ class DataSection(_Section):
     min_examples_per_client: int = Field(8, ge=1)
     prompt_key: str = "prompt"
     response_key: str = "response"
+    chosen_key: str = "chosen"  # dpo_json: preferred response (.json/.jsonl/.parquet)
+    rejected_key: str = "rejected"
     eval_generate: int = Field(32, ge=0)
     max_new_tokens: int = Field(8, ge=1)
 
     @model_validator(mode="after")
     def _path_for_files(self) -> DataSection:
-        if self.source not in ("builtin", "sft_builtin") and not self.path:
+        if self.source not in ("builtin", "sft_builtin", "dpo_builtin") and not self.path:
             raise ValueError(f"data.source = {self.source!r} needs data.path (a file or directory)")
         return self
 
@@ -81,6 +89,8 @@ class FederationSection(_Section):
     optimizer: Literal["sgd", "adamw"] = "adamw"
     strategy: str = "fedavg"
     strategy_options: dict[str, float] = Field(default_factory=dict)
+    #: "local": after the job, train each client alone on its own data for comparison.
+    baseline: Literal["none", "local"] = "none"
 
     @model_validator(mode="after")
     def _known_strategy(self) -> FederationSection:
@@ -90,6 +100,18 @@ class FederationSection(_Section):
                 f"{', '.join(STRATEGIES)}"
             )
         return self
+
+
+class DPOSection(_Section):
+    """Preference alignment (``model.task = "dpo"``), optionally after an SFT phase.
+
+    The first ``sft_rounds`` rounds fine-tune on each pair's (prompt, chosen) as SFT; the
+    remaining rounds run DPO with temperature ``beta``. Both phases train the same adapter
+    on the same records and spend from the same DP-SGD ledger.
+    """
+
+    beta: float = Field(0.1, gt=0.0)
+    sft_rounds: int = Field(0, ge=0)
 
 
 class AggregationSection(_Section):
@@ -182,21 +204,30 @@ class ExperimentConfig(_Section):
     data: DataSection = Field(default_factory=DataSection)
     federation: FederationSection = Field(default_factory=FederationSection)
     aggregation: AggregationSection = Field(default_factory=AggregationSection)
+    dpo: DPOSection = Field(default_factory=DPOSection)
     privacy: PrivacySection = Field(default_factory=PrivacySection)
     watermark: WatermarkSection = Field(default_factory=WatermarkSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")
     def _task_matches_data(self) -> ExperimentConfig:
-        sft = self.data.source.startswith("sft_")
-        if sft != (self.model.task == "causal_lm"):
+        prefix = self.data.source.split("_")[0]
+        task = {"sft": "causal_lm", "dpo": "dpo"}.get(prefix, "classification")
+        if task != self.model.task:
             raise ValueError(
                 f"data.source = {self.data.source!r} does not fit model.task = "
-                f"{self.model.task!r}: use sft_builtin / sft_json with causal_lm, the others "
-                "with classification"
+                f"{self.model.task!r}: use sft_builtin / sft_json with causal_lm, dpo_builtin / "
+                "dpo_json with dpo, the others with classification"
             )
-        if sft and self.data.partition != "iid":
+        if task != "classification" and self.data.partition != "iid":
             raise ValueError("instruction data has no labels: use data.partition = 'iid'")
+        if self.dpo.sft_rounds and self.model.task != "dpo":
+            raise ValueError("dpo.sft_rounds needs model.task = 'dpo'; remove it or set the task")
+        if self.dpo.sft_rounds >= self.federation.rounds:
+            raise ValueError(
+                f"dpo.sft_rounds = {self.dpo.sft_rounds} leaves no DPO round of "
+                f"federation.rounds = {self.federation.rounds}; raise rounds or lower sft_rounds"
+            )
         return self
 
     def to_toml(self) -> str:

@@ -20,6 +20,7 @@ class TextDataset:
     texts: list[str]
     labels: list[int]
     records: list[tuple[str, str]] | None = None  # (prompt, response) for causal-LM SFT
+    pairs: list[tuple[str, str, str]] | None = None  # (prompt, chosen, rejected) for DPO
 
     @property
     def num_labels(self) -> int:
@@ -71,6 +72,18 @@ def _load_hf(cfg: DataSection) -> TextDataset:
 
 def load_dataset(cfg: DataSection, *, seed: int) -> TextDataset:
     """The job's examples, deterministic for the same config and seed."""
+    if cfg.source in ("dpo_builtin", "dpo_json"):
+        from .dpo import generate_preference_task, load_preference_records
+
+        if cfg.source == "dpo_builtin":
+            pairs = generate_preference_task(num_examples=cfg.num_examples, seed=seed)
+        else:
+            pairs = load_preference_records(
+                cfg.path or "", prompt_key=cfg.prompt_key, chosen_key=cfg.chosen_key,
+                rejected_key=cfg.rejected_key,
+            )  # fmt: skip
+        chosen = [(p, c) for p, c, _ in pairs]
+        return TextDataset([p + c for p, c in chosen], [0] * len(pairs), chosen, pairs)
     if cfg.source in ("sft_builtin", "sft_json"):
         from .sft import generate_sft_task, load_sft_records
 

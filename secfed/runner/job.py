@@ -25,6 +25,7 @@ from .. import training
 from ..assembly import JobParts, build_parts
 from ..checkpoint import JobState, load_checkpoint, save_checkpoint
 from ..config import ExperimentConfig, load_config
+from ..dpo import dpo_summary, evaluate_dpo
 from ..errors import ConfigError, ResumeError
 from ..job_dp import (
     SampleLevelDP,
@@ -36,9 +37,8 @@ from ..job_dp import (
 )
 from ..plugins import TrainingPlugin, build_plugins
 from ..rundir import RunDir, write_json_atomic
-from ..sft import evaluate_sft, sft_loss
+from ..sft import evaluate_sft
 from ..strategies import Strategy, create_strategy
-from ..training import classification_loss
 from .local import ClientResult, LocalTraining, derive_seed
 from .record import RoundClock, round_record, skipped_record
 
@@ -65,7 +65,6 @@ class FederatedRunner(LocalTraining):
             cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
         )
         self.protocol = crypto.create_protocol(cfg.aggregation.protocol, **protocol_options(cfg))
-        self.loss_fn = classification_loss if cfg.model.task == "classification" else sft_loss
         self.plugins: list[TrainingPlugin] = build_plugins(cfg, self.parts)
         self.sample_dp: SampleLevelDP | None = None
         if cfg.privacy.sample.enabled:
@@ -186,6 +185,8 @@ class FederatedRunner(LocalTraining):
         if not cohort:
             history = self.dir.read_metrics()
             return self.close_round(round_, skipped_record(round_, sampled, history), clock)
+        start_of_dpo = self.cfg.model.task == "dpo" and round_ == self.cfg.dpo.sft_rounds + 1
+        before = self.evaluate() if start_of_dpo else None  # the DPO phase's starting point
         with clock.phase("train"):
             results = self.train_cohort(round_, cohort)
         with clock.phase("aggregate"):
@@ -197,6 +198,9 @@ class FederatedRunner(LocalTraining):
             round_, metrics=metrics, cohort=cohort, results=results, outcome=outcome,
             clock=clock, release_loss=self.sample_dp is None and self.user_dp is None,
         )  # fmt: skip
+        record["phase"] = "sft" if self.in_sft_phase(round_) else self.cfg.model.task
+        if before is not None:
+            record["before_dpo"] = before
         return self.close_round(round_, record, clock)
 
     def apply_strategy(
@@ -228,18 +232,28 @@ class FederatedRunner(LocalTraining):
         models.load_adapter_vector(self.parts.model, self.state.global_vector.astype(np.float32))
 
     def evaluate(self) -> dict[str, float]:
-        """Held-out metrics of the current global model; ``accuracy`` is exact match for SFT."""
+        """Held-out metrics of the current global model.
+
+        ``accuracy`` is exact match for SFT and preference accuracy for DPO; a DPO job also
+        reports the SFT metrics of its chosen responses (``sft_loss``, ``sft_perplexity``,
+        ``sft_exact_match``).
+        """
         if self.parts.test_records is None:
             return training.evaluate(self.parts.model, self.parts.test_set)
         data = self.cfg.data
+        sft_set = self.parts.sft_test_set
         out = evaluate_sft(
             self.parts.model,
             self.parts.tokenizer,
-            self.parts.test_set,
+            self.parts.test_set if sft_set is None else sft_set,
             self.parts.test_records[: data.eval_generate],
             max_new_tokens=data.max_new_tokens,
         )
-        return {**out, "accuracy": out["exact_match"]}
+        if sft_set is None:
+            return {**out, "accuracy": out["exact_match"]}
+        pref = evaluate_dpo(self.parts.model, self.parts.test_set, beta=self.cfg.dpo.beta)
+        sft = {f"sft_{k}": v for k, v in out.items()}
+        return {**pref, **sft, "accuracy": pref["preference_accuracy"]}
 
     def privacy_fields(self, round_: int) -> dict[str, Any]:
         """Per-round privacy fields of metrics.jsonl."""
@@ -298,6 +312,8 @@ class FederatedRunner(LocalTraining):
         }
         if self.stopped_early:
             summary["stopped_early"] = self.stopped_early
+        if self.cfg.model.task == "dpo":
+            summary["dpo"] = dpo_summary(rows)
         summary["privacy"] = self.privacy_summary()
         write_json_atomic(self.dir.root / "privacy_report.json", summary["privacy"])
         for plugin in self.plugins:

@@ -25,8 +25,10 @@ from .. import training
 from ..assembly import JobParts, client_dataset
 from ..checkpoint import JobState
 from ..config import ExperimentConfig
+from ..dpo import make_dpo_loss
 from ..job_dp import SampleLevelDP, UserLevelDP
 from ..plugins import TrainingPlugin
+from ..sft import sft_loss
 from ..strategies import Strategy
 
 
@@ -58,11 +60,28 @@ class LocalTraining:
     sample_dp: SampleLevelDP | None
     user_dp: UserLevelDP | None
     state: JobState
-    loss_fn: Any
 
-    def client_data(self, client_id: int) -> TensorDataset:
-        """The client's training examples."""
-        return client_dataset(self.parts, self.parts.shards[client_id])
+    def in_sft_phase(self, round_: int) -> bool:
+        """True for the SFT rounds that open a DPO job (``dpo.sft_rounds``)."""
+        return self.cfg.model.task == "dpo" and round_ <= self.cfg.dpo.sft_rounds
+
+    def loss_for(self, round_: int) -> training.LossFn:
+        """The per-example loss of ``round_``: classification, SFT, or DPO (one per pair)."""
+        task = self.cfg.model.task
+        if task == "classification":
+            return training.classification_loss
+        if task == "causal_lm" or self.in_sft_phase(round_):
+            return sft_loss
+        return make_dpo_loss(self.cfg.dpo.beta)
+
+    def client_data(self, client_id: int, round_: int | None = None) -> TensorDataset:
+        """The client's training examples (in ``round_``'s phase; DPO pairs by default).
+
+        A DPO job's SFT phase uses each pair's (prompt, chosen): the same records, so the
+        client holds as many examples (and spends from one DP-SGD ledger) in both phases.
+        """
+        sft = round_ is not None and self.in_sft_phase(round_)
+        return client_dataset(self.parts, self.parts.shards[client_id], sft=sft)
 
     @cached_property
     def max_client_examples(self) -> int:
@@ -89,10 +108,30 @@ class LocalTraining:
         extra_grads = [training.vector_grad_hook(hooks)]
         extra_grads += [p.client_grad_hook(client_id, self.parts.model) for p in self.plugins]
         extra_grad = training.combine_hooks(extra_grads)
-        dataset = self.client_data(client_id)
         seed = derive_seed(self.cfg.seed, "train", round_, client_id)
+        steps, loss = self.fit(round_, client_id, extra_grad=extra_grad, seed=seed)
+        local = models.adapter_vector(self.parts.model).astype(np.float64)
+        payload = self.strategy.client_payload(client_id, global_vec, local, steps=steps, lr=fed.lr)
+        # FedAvg weight: examples held, scaled by the largest client so weights lie in (0, 1]
+        # (the scale cancels in the weighted mean and keeps integer encodings small).
+        weight = len(self.client_data(client_id)) / self.max_client_examples
+        if self.user_dp is not None:
+            # Clipped; under adaptive clipping one more coordinate carries the unclipped bit.
+            payload = self.user_dp.client_vector(payload)
+            weight = 1.0  # DP-FedAvg: uniform weights, so one client's influence is bounded
+        return ClientResult(client_id, payload, weight, steps, loss, time.perf_counter() - t0)
+
+    def fit(
+        self, round_: int, client_id: int, *, extra_grad: training.ExtraGrad | None, seed: int
+    ) -> tuple[int, float]:
+        """Train the model's adapter in place on the client's data; ``(steps, mean loss)``.
+
+        Under sample-level DP the steps are accounted in the client's ledger entry.
+        """
+        fed = self.cfg.federation
+        dataset = self.client_data(client_id, round_)
         common: dict[str, Any] = {
-            "loss_fn": self.loss_fn,
+            "loss_fn": self.loss_for(round_),
             "epochs": fed.local_epochs,
             "batch_size": fed.batch_size,
             "lr": fed.lr,
@@ -114,17 +153,6 @@ class LocalTraining:
                 **common,
             )
             self.sample_dp.ledger.record(client_id, round=round_)
-            steps, loss = pstats.steps, pstats.mean_loss
-        else:
-            stats = training.train_local(self.parts.model, dataset, seed=seed, **common)
-            steps, loss = stats.steps, stats.mean_loss
-        local = models.adapter_vector(self.parts.model).astype(np.float64)
-        payload = self.strategy.client_payload(client_id, global_vec, local, steps=steps, lr=fed.lr)
-        # FedAvg weight: examples held, scaled by the largest client so weights lie in (0, 1]
-        # (the scale cancels in the weighted mean and keeps integer encodings small).
-        weight = len(dataset) / self.max_client_examples
-        if self.user_dp is not None:
-            # Clipped; under adaptive clipping one more coordinate carries the unclipped bit.
-            payload = self.user_dp.client_vector(payload)
-            weight = 1.0  # DP-FedAvg: uniform weights, so one client's influence is bounded
-        return ClientResult(client_id, payload, weight, steps, loss, time.perf_counter() - t0)
+            return pstats.steps, pstats.mean_loss
+        stats = training.train_local(self.parts.model, dataset, seed=seed, **common)
+        return stats.steps, stats.mean_loss

@@ -17,8 +17,8 @@ per-row gradients of a layer used twice: row ``i`` of both passes is pair ``i``,
 clipped unit is the pair, as sample-level DP needs.
 
 The built-in preference set (:func:`generate_preference_task`) reuses the SFT task's
-prompts: the chosen response is the right answer, the rejected one a near miss (one symbol
-wrong, or the answer of a neighbouring operation).
+prompts: the chosen response is the right answer, the rejected one an unhelpful refusal or
+a near miss (one symbol wrong, or the answer of a neighbouring operation).
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ from .errors import DataError
 from .sft import IGNORE, OPERATIONS, SYMBOLS, _answer, encode_sft, token_losses
 
 PreferenceRecord = tuple[str, str, str]
+#: Unhelpful responses: a third of the built-in set's rejected answers.
+REFUSALS = ("no .", "not now", "ask later")
 #: Operation whose answer is the near miss of each operation's answer.
 _CONFUSED = {"copy": "reverse", "reverse": "copy", "first": "last"}
 
@@ -100,9 +102,12 @@ def load_preference_records(
     return records
 
 
-def _near_miss(op: str, items: list[str], rng: np.random.Generator) -> list[str]:
+def _rejected(op: str, items: list[str], rng: np.random.Generator) -> list[str]:
     right = _answer(op, items)
-    if rng.random() < 0.5:  # the answer of the operation it is most easily confused with
+    kind = rng.random()
+    if kind < 1 / 3:  # an unhelpful refusal instead of the answer
+        return list(REFUSALS[int(rng.integers(len(REFUSALS)))].split())
+    if kind < 2 / 3:  # the answer of the operation it is most easily confused with
         other = items[-1:] if _CONFUSED[op] == "last" else _answer(_CONFUSED[op], items)
         if other != right:
             return other
@@ -118,8 +123,8 @@ def generate_preference_task(
     """Deterministic ``("reverse: a c b =", " b c a", " a c b")`` triples.
 
     Prompts as in :func:`secfed.sft.generate_sft_task`; chosen is the right answer, rejected
-    a near miss: the confusable operation's answer (copy <-> reverse, first -> last symbol)
-    or the right answer with one symbol replaced.
+    (a third each) a refusal from :data:`REFUSALS`, the confusable operation's answer
+    (copy <-> reverse, first -> last symbol) or the right answer with one symbol replaced.
     """
     if num_examples < 1:
         raise DataError(f"num_examples={num_examples} must be at least 1")
@@ -133,7 +138,7 @@ def generate_preference_task(
         items = [SYMBOLS[int(k)] for k in rng.integers(len(SYMBOLS), size=n)]
         prompt = f"{op}: {' '.join(items)} ="
         chosen = " " + " ".join(_answer(op, items))
-        rejected = " " + " ".join(_near_miss(op, items, rng))
+        rejected = " " + " ".join(_rejected(op, items, rng))
         records.append((prompt, chosen, rejected))
     return records
 

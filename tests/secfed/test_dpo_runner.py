@@ -1,0 +1,75 @@
+"""DPO jobs end to end: every protocol and strategy, SFT then DPO under one DP-SGD ledger."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from secfed.config import STRATEGIES
+from secfed.errors import ConfigError
+from secfed.runner import FederatedRunner
+
+from .test_dpo import dpo_job
+
+
+@pytest.mark.parametrize(
+    ("protocol", "options"),
+    [
+        ("secagg", {}),
+        ("secagg+", {}),
+        ("ckks", {}),
+        ("paillier", {"insecure_key_bits": 512, "workers": 1}),
+    ],
+)
+def test_a_dpo_round_through_every_protocol_matches_plain(tmp_path, protocol, options):
+    plain = FederatedRunner(dpo_job(), tmp_path / "plain")
+    plain.run()
+    cfg = dpo_job(aggregation={"protocol": protocol, "options": options})
+    secure = FederatedRunner(cfg, tmp_path / protocol)
+    summary = secure.run()
+    moved = secure.state.global_vector - FederatedRunner(cfg, tmp_path / "x").state.global_vector
+    assert np.abs(moved).max() > 1e-4  # the DPO round trained the adapter
+    bound = secure.dir.read_metrics()[-1]["aggregate_error_bound"]
+    diff = np.max(np.abs(secure.state.global_vector - plain.state.global_vector))
+    assert diff <= bound / 2.0 + 1e-6
+    assert 0.0 <= summary["accuracy"] <= 1.0
+    assert summary["dpo"]["after"]["preference_accuracy"] == summary["accuracy"]
+
+
+@pytest.mark.parametrize("strategy", [s for s in STRATEGIES if s != "fedavg"])
+def test_a_dpo_round_under_every_strategy(tmp_path, strategy):
+    cfg = dpo_job(federation={"strategy": strategy})
+    runner = FederatedRunner(cfg, tmp_path / strategy)
+    start = runner.state.global_vector.copy()
+    runner.run()
+    assert np.all(np.isfinite(runner.state.global_vector))
+    assert np.abs(runner.state.global_vector - start).max() > 1e-5
+
+
+def test_sft_then_dpo_spends_one_ledger(tmp_path):
+    from opacus.accountants import RDPAccountant
+
+    cfg = dpo_job(
+        federation={"rounds": 3, "batch_size": 8},
+        dpo={"sft_rounds": 1},
+        privacy={"sample": {"enabled": True, "noise_multiplier": 1.5, "max_grad_norm": 1.0}},
+    )
+    runner = FederatedRunner(cfg, tmp_path / "run")
+    summary = runner.run()
+    rows = runner.dir.read_metrics()
+    assert [r["phase"] for r in rows] == ["sft", "dpo", "dpo"]
+    assert "before_dpo" in rows[1] and "before_dpo" not in rows[0]
+    assert summary["dpo"]["before"]["sft_loss"] == rows[1]["before_dpo"]["sft_loss"]
+    for cid, spent in runner.sample_dp.epsilon().items():
+        n = len(runner.client_data(int(cid)))
+        q = min(1.0, 8 / n)
+        acc = RDPAccountant()
+        acc.history = [(1.5, q, 3 * max(1, n // 8))]  # both phases, every step
+        assert spent == pytest.approx(acc.get_epsilon(delta=cfg.privacy.delta), rel=0.02)
+
+
+def test_sft_rounds_must_leave_a_dpo_round():
+    with pytest.raises(ConfigError, match="no DPO round"):
+        dpo_job(dpo={"sft_rounds": 1})
+    with pytest.raises(ConfigError, match="dpo_builtin"):
+        dpo_job(data={"source": "sft_builtin"})

@@ -1,5 +1,5 @@
-"""Command-line interface: ``secfed run``, ``secfed keys``, ``secfed privacy``, ``secfed bench``,
-``secfed watermark``."""
+"""Command-line interface: ``secfed run``, ``secfed compare``, ``secfed keys``,
+``secfed privacy``, ``secfed bench``, ``secfed watermark``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rich.table import Table
 
 from .bench.cli import bench
 from .bench.workload import parse_value
+from .compare_cli import compare
 from .errors import SecfedError
 from .watermark.cli import watermark_app
 
@@ -25,6 +26,7 @@ privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets before a r
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(watermark_app, name="watermark")
 app.command()(bench)
+app.command()(compare)
 console = Console(stderr=True)
 
 

@@ -71,6 +71,7 @@ class FederatedRunner(LocalTraining):
             privacy.check_dp_support(self.parts.model)
         self.user_dp = UserLevelDP(cfg, self.protocol) if cfg.privacy.user.enabled else None
         initial = models.adapter_vector(self.parts.model).astype(np.float64)
+        self.initial_vector = initial.copy()  # the local-only baseline starts here too
         self.state = JobState(round=0, job_id="", global_vector=initial)
         self.stopped_early: str | None = None
 
@@ -318,5 +319,10 @@ class FederatedRunner(LocalTraining):
         write_json_atomic(self.dir.root / "privacy_report.json", summary["privacy"])
         for plugin in self.plugins:
             summary[plugin.name] = plugin.finish(run_dir=self.dir.root, model=self.parts.model)
+        if self.cfg.federation.baseline == "local":
+            from ..compare import local_baseline
+
+            summary["comparison"] = local_baseline(self)
+            write_json_atomic(self.dir.root / "comparison.json", summary["comparison"])
         write_json_atomic(self.dir.summary, summary)
         return summary

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
+
+import models
 
 from secfed.config import STRATEGIES
 from secfed.errors import ConfigError
 from secfed.runner import FederatedRunner
 
+from .conftest import tiny_job
 from .test_dpo import dpo_job
 
 
@@ -73,3 +78,40 @@ def test_sft_rounds_must_leave_a_dpo_round():
         dpo_job(dpo={"sft_rounds": 1})
     with pytest.raises(ConfigError, match="dpo_builtin"):
         dpo_job(data={"source": "sft_builtin"})
+
+
+def test_local_only_baseline_of_one_client_is_the_federated_model(tmp_path):
+    """With one client, FedAvg over plain aggregation IS local training: same numbers."""
+    cfg = tiny_job(federation={"clients": 1, "rounds": 2, "baseline": "local"})
+    runner = FederatedRunner(cfg, tmp_path / "one")
+    summary = runner.run()
+    comp = summary["comparison"]
+    alone = comp["local_only"]["clients"]["0"]
+    assert alone["accuracy"] == pytest.approx(comp["federated"]["accuracy"], abs=1e-6)
+    assert alone["own_accuracy"] == pytest.approx(alone["federated_own_accuracy"], abs=1e-6)
+    assert alone["steps"] > 0
+
+
+def test_local_only_baseline_trains_each_client_alone_and_restores_the_job(tmp_path):
+    cfg = dpo_job(
+        federation={"clients": 3, "rounds": 2, "baseline": "local"},
+        privacy={"sample": {"enabled": True, "noise_multiplier": 1.0}},
+    )
+    runner = FederatedRunner(cfg, tmp_path / "run")
+    summary = runner.run()
+    comp = json.loads((tmp_path / "run" / "comparison.json").read_text())
+    assert comp == json.loads(json.dumps(summary["comparison"]))
+    clients = comp["local_only"]["clients"]
+    assert set(clients) == {"0", "1", "2"}
+    fed_eps = runner.sample_dp.epsilon()
+    for cid, c in clients.items():
+        assert c["train_examples"] == len(runner.client_data(int(cid)))
+        assert c["epsilon"] == pytest.approx(fed_eps[cid])  # as private alone as in the job
+    mean = np.mean([c["accuracy"] for c in clients.values()])
+    assert comp["local_only"]["mean_accuracy"] == pytest.approx(mean)
+    assert comp["federated_minus_mean_local"] == pytest.approx(comp["federated"]["accuracy"] - mean)
+    # The model holds the federated adapter again, and it is what was saved.
+    assert np.array_equal(
+        models.adapter_vector(runner.parts.model), runner.state.global_vector.astype(np.float32)
+    )
+    assert runner.evaluate()["accuracy"] == pytest.approx(comp["federated"]["accuracy"])

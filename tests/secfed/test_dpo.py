@@ -181,7 +181,7 @@ def test_preference_files_with_custom_keys(tmp_path, suffix):
         pq.write_table(pa.Table.from_pylist(rows), path)
     got = load_preference_records(path, prompt_key="q", chosen_key="good", rejected_key="bad")
     assert got == [(r["q"], r["good"], r["bad"]) for r in rows]
-    with pytest.raises(DataError, match="data.chosen_key"):
+    with pytest.raises(DataError, match=r"data\.chosen_key"):
         load_preference_records(path, prompt_key="q")
 
 
@@ -200,8 +200,9 @@ def test_preference_accuracy_counts_chosen_above_rejected(parts):
     with torch.no_grad():
         c = make_logps(model, data.tensors[:3])
         r = make_logps(model, data.tensors[3:])
-        bc, br = make_logps(base_of(model), data.tensors[:3]), make_logps(
-            base_of(model), data.tensors[3:]
+        bc, br = (
+            make_logps(base_of(model), data.tensors[:3]),
+            make_logps(base_of(model), data.tensors[3:]),
         )
     assert out["preference_accuracy"] == pytest.approx(float((c > r).float().mean()))
     margin = 0.2 * ((c - bc) - (r - br))

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import models
-
 from secfed.config import STRATEGIES
 from secfed.errors import ConfigError
 from secfed.runner import FederatedRunner

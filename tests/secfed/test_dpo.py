@@ -220,3 +220,21 @@ def test_dpo_summary_reads_start_and_end():
         "before": {"preference_accuracy": 0.6},
         "after": {"preference_accuracy": 0.7},
     }
+
+
+def test_dpo_json_job_reads_the_configured_keys(tmp_path):
+    rows = [
+        {"q": f"copy: {a} {b} =", "good": f" {a} {b}", "bad": " not now"}
+        for a in "abcd"
+        for b in "efgh"
+    ]
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = {
+        "source": "dpo_json", "path": str(path), "prompt_key": "q", "chosen_key": "good",
+        "rejected_key": "bad", "num_examples": 16,
+    }  # fmt: skip
+    parts = build_parts(dpo_job(data=data))
+    assert parts.data.pairs == [(r["q"], r["good"], r["bad"]) for r in rows]
+    assert len(parts.encoded.tensors) == 6 and len(parts.encoded) == len(rows)
+    assert parts.sft_test_set is not None and len(parts.sft_test_set) == len(parts.test_set)

@@ -187,7 +187,12 @@ class FederatedRunner(LocalTraining):
             history = self.dir.read_metrics()
             return self.close_round(round_, skipped_record(round_, sampled, history), clock)
         start_of_dpo = self.cfg.model.task == "dpo" and round_ == self.cfg.dpo.sft_rounds + 1
-        before = self.evaluate() if start_of_dpo else None  # the DPO phase's starting point
+        before = None
+        if start_of_dpo:  # the DPO phase's starting point (the model may be fresh on resume)
+            models.load_adapter_vector(
+                self.parts.model, self.state.global_vector.astype(np.float32)
+            )
+            before = self.evaluate()
         with clock.phase("train"):
             results = self.train_cohort(round_, cohort)
         with clock.phase("aggregate"):

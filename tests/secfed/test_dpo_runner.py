@@ -114,3 +114,28 @@ def test_local_only_baseline_trains_each_client_alone_and_restores_the_job(tmp_p
         models.adapter_vector(runner.parts.model), runner.state.global_vector.astype(np.float32)
     )
     assert runner.evaluate()["accuracy"] == pytest.approx(comp["federated"]["accuracy"])
+
+
+def test_sft_dpo_job_resumed_at_the_phase_boundary_ends_where_a_full_run_ends(tmp_path):
+    cfg = dpo_job(
+        federation={"rounds": 2},
+        dpo={"sft_rounds": 1},
+        privacy={
+            "deterministic_noise": True,
+            "sample": {"enabled": True, "noise_multiplier": 1.0},
+        },
+    )
+    full = FederatedRunner(cfg, tmp_path / "full")
+    full.run()
+    crashed = FederatedRunner(cfg, tmp_path / "crashed")
+    crashed.start()
+    crashed.run_round(1)  # the SFT phase; killed before the first DPO round
+    del crashed
+    resumed = FederatedRunner.resume(tmp_path / "crashed")
+    resumed.run()
+    np.testing.assert_array_equal(resumed.state.global_vector, full.state.global_vector)
+    assert resumed.sample_dp.epsilon() == full.sample_dp.epsilon()
+    keys = ("round", "phase", "accuracy", "loss", "reward_margin", "sft_loss", "before_dpo")
+    a, b = full.dir.read_metrics(), resumed.dir.read_metrics()
+    assert [[r.get(k) for k in keys] for r in a] == [[r.get(k) for k in keys] for r in b]
+    assert b[1]["before_dpo"] is not None

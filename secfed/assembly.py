@@ -105,7 +105,7 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
     num_labels = max(data.num_labels, 2)
     if cfg.model.path:
         base, tokenizer = models.load_pretrained(
-            cfg.model.path, task=cfg.model.task, num_labels=num_labels
+            cfg.model.path, task=cfg.model.task, num_labels=num_labels, seed=cfg.seed
         )
         family = models.family_of(base)
     else:

@@ -127,7 +127,10 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
             _pretrain(cfg, base, tokenizer)
     spec = models.AdapterSpec(cfg.adapter.method, dict(cfg.adapter.options))
     model = models.attach_adapter(base, spec, family=family, task=cfg.model.task, seed=cfg.seed)
-    test_idx = np.concatenate([s.test for s in shards]) if shards else np.array([], dtype=int)
+    if data.eval_start is not None:
+        test_idx = np.arange(data.eval_start, len(data.texts))
+    else:
+        test_idx = np.concatenate([s.test for s in shards]) if shards else np.array([], dtype=int)
     test_records = None
     if data.records is not None:
         from .sft import encode_sft

@@ -40,7 +40,7 @@ from ..sft import evaluate_sft, sft_loss
 from ..strategies import Strategy, create_strategy
 from ..training import classification_loss
 from .local import ClientResult, LocalTraining, derive_seed
-from .record import RoundClock, round_record, skipped_record
+from .record import MODEL_BYTES_PER_PARAM, RoundClock, round_record, skipped_record
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +196,7 @@ class FederatedRunner(LocalTraining):
         record = round_record(
             round_, metrics=metrics, cohort=cohort, results=results, outcome=outcome,
             clock=clock, release_loss=self.sample_dp is None and self.user_dp is None,
+            model_bytes=MODEL_BYTES_PER_PARAM * self.dim,
         )  # fmt: skip
         return self.close_round(round_, record, clock)
 

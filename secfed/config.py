@@ -250,6 +250,8 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
             bad = e.get("input")
             shown = repr(bad) if not isinstance(bad, dict) else "{...}"
             lines.append(f"  - {key} = {shown}: {e['msg']}")
+    if len(lines) == 2:  # one problem: one line
+        return ConfigError(f"{lines[0]} {lines[1].removeprefix('  - ')}")
     return ConfigError("\n".join(lines))
 
 

@@ -34,7 +34,9 @@ from ..job_dp import (
     privacy_summary,
     protocol_options,
 )
+from ..keydir import check_job_key_dir
 from ..plugins import TrainingPlugin, build_plugins
+from ..progress import ProgressCallback, ProgressEvent, emit
 from ..rundir import RunDir, write_json_atomic
 from ..sft import evaluate_sft, sft_loss
 from ..strategies import Strategy, create_strategy
@@ -56,10 +58,17 @@ class FederatedRunner(LocalTraining):
     :class:`~secfed.runner.local.LocalTraining`, the record's fields in :mod:`.record`.
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run_dir: str | Path,
+        *,
+        progress: ProgressCallback | None = None,
+    ):
         self.cfg = cfg
         self.dir = RunDir(run_dir)
-        self.parts: JobParts = build_parts(cfg)
+        self.progress = progress
+        self.parts: JobParts = build_parts(cfg, progress=progress)
         self.dim = models.adapter_size(self.parts.model)
         self.strategy: Strategy = create_strategy(
             cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
@@ -77,12 +86,14 @@ class FederatedRunner(LocalTraining):
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: str | Path) -> FederatedRunner:
+    def resume(
+        cls, run_dir: str | Path, *, progress: ProgressCallback | None = None
+    ) -> FederatedRunner:
         """Reopen a run directory at its last complete checkpoint."""
         rd = RunDir(run_dir)
         if not rd.config.exists():
             raise ResumeError(f"{run_dir} has no config.toml: it is not a secfed run directory")
-        runner = cls(load_config(rd.config), run_dir)
+        runner = cls(load_config(rd.config), run_dir, progress=progress)
         latest = rd.latest_checkpoint()
         if latest is None:
             raise ResumeError(
@@ -103,11 +114,16 @@ class FederatedRunner(LocalTraining):
         if self.user_dp is not None:
             self.user_dp.load_state_dict(state.privacy["user"])
 
+    def _key_dir(self) -> Path:
+        """The user's ``aggregation.key_dir`` (checked, only read), else the run's own."""
+        if not self.cfg.aggregation.key_dir:
+            return self.dir.keys
+        key_dir = Path(self.cfg.aggregation.key_dir)
+        check_job_key_dir(self.cfg.aggregation.protocol, key_dir)
+        return key_dir
+
     def _setup_keys(self) -> None:
-        key_dir = (
-            Path(self.cfg.aggregation.key_dir) if self.cfg.aggregation.key_dir else self.dir.keys
-        )
-        self.protocol.setup(job_id=self.state.job_id, key_dir=key_dir)
+        self.protocol.setup(job_id=self.state.job_id, key_dir=self._key_dir())
 
     def start(self) -> None:
         """Create the run directory and the job's identity and keys."""
@@ -116,6 +132,7 @@ class FederatedRunner(LocalTraining):
                 f"{self.dir.root} already holds a run; resume it with `secfed run --resume "
                 f"{self.dir.root}` or choose another --out"
             )
+        self._key_dir()  # refuse a wrong key directory before the run directory exists
         self.dir.create()
         self.dir.config.write_text(self.cfg.to_toml())
         self.state.job_id = f"{self.cfg.name}/{self.cfg.seed}/{secrets.token_hex(8)}"
@@ -188,9 +205,11 @@ class FederatedRunner(LocalTraining):
             return self.close_round(round_, skipped_record(round_, sampled, history), clock)
         with clock.phase("train"):
             results = self.train_cohort(round_, cohort)
+        emit(self.progress, ProgressEvent("aggregate", round=round_, cohort=len(results)))
         with clock.phase("aggregate"):
             outcome = self.aggregate(round_, results)
         self.apply_strategy(round_, results, outcome)
+        emit(self.progress, ProgressEvent("evaluate", round=round_))
         with clock.phase("evaluate"):
             metrics = self.evaluate()
         record = round_record(

@@ -94,13 +94,37 @@ class FederatedRunner(LocalTraining):
         if not rd.config.exists():
             raise ResumeError(f"{run_dir} has no config.toml: it is not a secfed run directory")
         runner = cls(load_config(rd.config), run_dir, progress=progress)
-        latest = rd.latest_checkpoint()
-        if latest is None:
-            raise ResumeError(
-                f"{run_dir} has no complete checkpoint; start it again without --resume"
-            )
-        runner._restore(load_checkpoint(latest))
+        runner._restore(runner._last_good_checkpoint())
         return runner
+
+    def _last_good_checkpoint(self) -> JobState:
+        """The newest checkpoint that reads back whole; unreadable newer ones are set aside."""
+        found = self.dir.complete_checkpoints()
+        if not found:
+            raise ResumeError(
+                f"{self.dir.root} has no complete checkpoint; start it again without --resume"
+            )
+        problems = []
+        for path in reversed(found):
+            try:
+                state = load_checkpoint(path)
+                if len(state.global_vector) != self.dim:
+                    raise ResumeError(
+                        f"{path / 'arrays.npz'} holds {len(state.global_vector)} adapter "
+                        f"parameters but this job's adapter has {self.dim}"
+                    )
+            except ResumeError as err:
+                problems.append(str(err))
+                moved = self.dir.set_aside(path)
+                log.warning("%s; set aside as %s, trying the previous checkpoint", err, moved.name)
+                continue
+            if problems:
+                log.warning("resuming from %s (round %d)", path.name, state.round)
+            return state
+        raise ResumeError(
+            f"no checkpoint in {self.dir.checkpoints} reads back: {'; '.join(problems)}; "
+            "start the job again without --resume"
+        )
 
     def _restore(self, state: JobState) -> None:
         self.state = state

@@ -183,8 +183,16 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Run a federated job (or resume one)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+    from rich.logging import RichHandler
+
     from .config import load_config
+
+    # Log lines (warnings; -v: one per client and round) print above the progress display.
+    handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+        handlers=[handler], force=True,
+    )  # fmt: skip
 
     try:  # config errors surface before torch is imported
         if resume is None and job is None:

@@ -47,13 +47,15 @@ def load_lazy_command(name: str) -> click.Command:
     """Import a lazy sub-command and build its click command."""
     module, attr, _ = LAZY_COMMANDS[name]
     obj = getattr(importlib.import_module(module), attr)
-    if not isinstance(obj, typer.Typer):
-        single = typer.Typer()
-        single.command(name=name)(obj)
-        obj = single
-    command = typer.main.get_command(obj)
-    command.name = name
-    return command
+    holder = typer.Typer(add_completion=False)  # a group, so the command keeps its own shape
+    holder.callback()(lambda: None)
+    if isinstance(obj, typer.Typer):
+        holder.add_typer(obj, name=name)
+    else:
+        holder.command(name=name)(obj)
+    group = typer.main.get_command(holder)
+    assert isinstance(group, click.Group)
+    return group.commands[name]
 
 
 class _LazyGroup(TyperGroup):

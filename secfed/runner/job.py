@@ -301,7 +301,9 @@ class FederatedRunner(LocalTraining):
         self.dir.append_metrics(record)
         if round_ % self.cfg.output.checkpoint_every == 0 or round_ == self.cfg.federation.rounds:
             save_checkpoint(self.dir.checkpoint(round_), self.state)
-        log.info("round %d: accuracy %s loss %s", round_, record["accuracy"], record["loss"])
+        acc, loss = record["accuracy"], record["loss"]
+        if acc is not None and loss is not None:
+            log.info("round %d: accuracy %.4f loss %.4f", round_, acc, loss)
         return record
 
     # -- end of job ------------------------------------------------------------------------

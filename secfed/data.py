@@ -58,8 +58,8 @@ def _read_file(cfg: DataSection, path: Path, key: str) -> Any:
         raise DataError(f"{key} {str(path)!r} does not exist: point it at a local file or dir")
     if path.is_file() and path.stat().st_size == 0:
         raise DataError(f"{key} {str(path)!r} is an empty file: fill it or point {key} elsewhere")
-    quiet = datasets.is_progress_bar_enabled()
-    if quiet:
+    bars_on = datasets.is_progress_bar_enabled()
+    if bars_on:
         datasets.disable_progress_bars()
     try:
         if cfg.source == "disk":
@@ -90,7 +90,7 @@ def _read_file(cfg: DataSection, path: Path, key: str) -> Any:
             f"{cause}{hint}"
         ) from err
     finally:
-        if quiet:
+        if bars_on:
             datasets.enable_progress_bars()
     if len(ds) == 0:
         raise DataError(f"{key} {str(path)!r} holds no rows: fill it or point {key} elsewhere")
@@ -99,6 +99,12 @@ def _read_file(cfg: DataSection, path: Path, key: str) -> Any:
             raise DataError(
                 f"column {col!r} not in {path} (columns: {', '.join(ds.column_names)}): "
                 "set data.text_column / data.label_column"
+            )
+        empty = [i for i, v in enumerate(ds[col]) if v is None]
+        if empty:
+            raise DataError(
+                f"{len(empty)} rows of {path} have no {col!r} value (first: row {empty[0] + 1} "
+                "after the header): fill or drop them"
             )
     return ds
 

@@ -138,3 +138,10 @@ def test_eval_path_missing_is_a_clean_error(tmp_path):
     cfg = _section(path, source="csv", eval_path=str(tmp_path / "nope.csv"))
     with pytest.raises(DataError, match=r"data.eval_path .*does not exist"):
         load_dataset(cfg, seed=0)
+
+
+def test_rows_without_a_label_are_named(tmp_path):
+    path = tmp_path / "gaps.csv"
+    path.write_text("sentence,y\ngood film,pos\nbad film,\nfine,neg\n")
+    with pytest.raises(DataError, match=r"1 rows of .*gaps.csv have no 'y' value .*row 2"):
+        load_dataset(_section(path, source="csv"), seed=0)

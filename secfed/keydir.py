@@ -15,8 +15,13 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-#: Protocols whose keys live in files, and the sub-directory of a key dir that holds them.
-KEY_SCHEMES: dict[str, str] = {"paillier": "paillier", "ckks": "ckks"}
+
+def key_schemes() -> list[str]:
+    """Registered protocols whose keys live in files: those whose clients hold the secret
+    key (``learned_by == "clients"``); each keeps them in ``<key_dir>/<protocol name>/``."""
+    import crypto
+
+    return [n for n in crypto.protocol_names() if crypto.get_protocol(n).learned_by == "clients"]
 
 
 def _holds_files(folder: Path) -> bool:
@@ -25,12 +30,12 @@ def _holds_files(folder: Path) -> bool:
 
 def schemes_in(key_dir: Path) -> list[str]:
     """The schemes whose key files ``key_dir`` holds."""
-    return [name for name, sub in KEY_SCHEMES.items() if _holds_files(key_dir / sub)]
+    return [name for name in key_schemes() if _holds_files(key_dir / name)]
 
 
 def check_job_key_dir(protocol: str, key_dir: Path) -> None:
     """Refuse a user-given ``aggregation.key_dir`` that lacks ``protocol``'s keys."""
-    if protocol not in KEY_SCHEMES:
+    if protocol not in key_schemes():
         log.warning("aggregation.key_dir is unused: protocol %r has no key files", protocol)
         return
     make = f"`secfed keys generate --scheme {protocol} --out {key_dir}`"
@@ -40,7 +45,7 @@ def check_job_key_dir(protocol: str, key_dir: Path) -> None:
             f"aggregation.key_dir {str(key_dir)!r} does not exist: make the keys with {make}, "
             f"{keep}"
         )
-    if _holds_files(key_dir / KEY_SCHEMES[protocol]):
+    if _holds_files(key_dir / protocol):
         return
     found = schemes_in(key_dir)
     held = f"holds {' and '.join(found)} keys, not {protocol} keys" if found else "holds no keys"
@@ -55,12 +60,13 @@ def prepare_generate(scheme: str, out: Path, *, force: bool) -> None:
 
     Existing keys of that scheme are kept unless ``force`` (then they are deleted first).
     """
-    if scheme not in KEY_SCHEMES:
+    schemes = key_schemes()
+    if scheme not in schemes:
         raise ConfigError(
-            f"--scheme {scheme!r} has no key files: choose one of {', '.join(KEY_SCHEMES)} "
-            "(plain and secagg need none)"
+            f"--scheme {scheme!r} has no key files: choose one of {', '.join(schemes)} "
+            "(the other protocols need none)"
         )
-    target = out / KEY_SCHEMES[scheme]
+    target = out / scheme
     if _holds_files(target):
         if not force:
             raise ConfigError(

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from secfed.cli import app
 from secfed.errors import ConfigError
-from secfed.keydir import check_job_key_dir
+from secfed.keydir import check_job_key_dir, key_schemes
 from secfed.runner import FederatedRunner
 from tests.secfed.conftest import tiny_job
 
@@ -63,5 +63,12 @@ def test_keys_generate_refuses_schemes_without_key_files(tmp_path, scheme):
     out = tmp_path / "k"
     result = runner.invoke(app, ["keys", "generate", "--scheme", scheme, "--out", str(out)])
     assert result.exit_code == 2
-    assert "choose one of paillier, ckks" in result.output
+    assert "choose one of ckks, paillier" in result.output
     assert not out.exists()
+
+
+def test_key_schemes_are_the_protocols_whose_clients_hold_the_key(tmp_path):
+    # Each one really writes its keys under <key_dir>/<name>/ (what the checks look for).
+    assert key_schemes() == ["ckks", "paillier"]
+    keys = _ckks_dir(tmp_path)
+    assert sorted(p.name for p in keys.iterdir()) == ["ckks"]

@@ -208,7 +208,7 @@ def run(
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())  # fmt: skip
     try:
-        with Progress(*columns, console=console) as progress:
+        with Progress(*columns, console=console, transient=True) as progress:
             view = _JobView(progress)
             if cfg is None:
                 assert resume is not None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -32,12 +33,15 @@ def load_pretrained(
     task: str,
     num_labels: int = 2,
     local_files_only: bool = True,
+    seed: int | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` with AutoModelFor{SequenceClassification,CausalLM}.
 
     A tokenizer without a pad token gets its eos (or unk) token as pad, and the model's
     ``pad_token_id`` is set to match, so batched classification works for decoders.
-    The model is returned in eval mode.
+    The model is returned in eval mode. Weights the checkpoint lacks (a new classification
+    head) are drawn from ``seed`` when given, so two loads of one model with one seed are
+    identical; the caller's global RNG state is left untouched either way.
     """
     if task not in TASKS:
         raise ModelLoadError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
@@ -52,7 +56,10 @@ def load_pretrained(
     try:
         with quiet():
             tokenizer = AutoTokenizer.from_pretrained(name, local_files_only=local_files_only)
-            model = auto.from_pretrained(name, local_files_only=local_files_only, **kwargs)
+            with torch.random.fork_rng(devices=[]):
+                if seed is not None:
+                    torch.manual_seed(seed)
+                model = auto.from_pretrained(name, local_files_only=local_files_only, **kwargs)
     except (OSError, ValueError) as exc:
         hint = (
             "it is not in the local Hugging Face cache; download it first or pass "

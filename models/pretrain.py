@@ -16,7 +16,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -185,6 +185,7 @@ def _heldout_loss(
 def _train(
     lm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
     spec: PretrainSpec, kind: str, max_length: int,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> tuple[float, float]:  # fmt: skip
     """Train ``lm``; return its held-out loss before and after."""
     held = max(len(texts) // 10, 1)
@@ -199,7 +200,7 @@ def _train(
         opt, lambda s: min(1.0, (s + 1) / warmup) * (1 - s / spec.steps)
     )
     lm.train()
-    for _ in range(spec.steps):
+    for step in range(spec.steps):
         rows = torch.randint(0, len(train[0]), (spec.batch_size,), generator=gen)
         loss = _loss(lm, train, rows, kind, spec, mask_id, gen)
         opt.zero_grad(set_to_none=True)
@@ -207,6 +208,8 @@ def _train(
         torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
         opt.step()
         sched.step()
+        if on_step is not None:
+            on_step(step + 1, spec.steps)
     return before, _heldout_loss(lm, heldout, kind, spec, mask_id)
 
 
@@ -236,12 +239,14 @@ def pretrain_tiny(
     task: str,
     max_length: int,
     cache_dir: Path | str | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> PretrainResult:
     """Pre-train ``model``'s base in place on the public ``texts`` (or load it from the cache).
 
     The same arguments always give the same weights; the first call writes them to
     ``<cache_dir>/pretrained/<key>/`` (default :func:`cache_root`), later calls read them.
     The model is left in eval mode; the caller's global RNG state is untouched.
+    ``on_step(done, total)`` is called after each optimiser step (progress display).
     """
     if spec.steps < 1:
         raise ModelConfigError(f"pre-training needs steps >= 1, got {spec.steps}")
@@ -256,11 +261,12 @@ def pretrain_tiny(
         model.eval()
         log.info("pre-trained %s base loaded from %s", family, entry)
         return PretrainResult(entry, True, meta["loss_before"], meta["loss_after"], 0.0)
+    log.info("pre-training the %s base: %d steps (cached for later runs)", family, spec.steps)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
         lm = _lm_model(model, kind)
-        first, last = _train(lm, tokenizer, texts, spec, kind, max_length)
+        first, last = _train(lm, tokenizer, texts, spec, kind, max_length, on_step)
     state = _base_state(lm)
     _load_base(model, state)
     model.eval()

@@ -17,6 +17,7 @@ from . import builtin_task
 from .config import ExperimentConfig
 from .data import ClientShard, TextDataset, load_dataset, partition
 from .errors import ConfigError
+from .progress import ProgressCallback, ProgressEvent, emit
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,10 @@ def _tokenizer_corpus(cfg: ExperimentConfig, data: TextDataset) -> list[str]:
 
 
 def _pretrain(
-    cfg: ExperimentConfig, base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
+    cfg: ExperimentConfig,
+    base: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    progress: ProgressCallback | None = None,
 ) -> None:
     """Public pre-training of the built-in base (``model.pretrain_steps``), cached on disk."""
     corpus = public_corpus(cfg.data.source, PRETRAIN_TEXTS)
@@ -85,9 +89,13 @@ def _pretrain(
             "set model.pretrain_steps = 0"
         )
     spec = models.PretrainSpec(steps=cfg.model.pretrain_steps, seed=PUBLIC_CORPUS_SEED)
+
+    def on_step(done: int, total: int) -> None:
+        emit(progress, ProgressEvent("pretrain", done, total))
+
     models.pretrain_tiny(
         base, tokenizer, corpus, spec, family=cfg.model.family, task=cfg.model.base_task,
-        max_length=cfg.model.max_length,
+        max_length=cfg.model.max_length, on_step=on_step,
     )  # fmt: skip
 
 
@@ -106,21 +114,35 @@ def encode(
     return TensorDataset(enc["input_ids"], enc["attention_mask"], labels)
 
 
-def build_parts(cfg: ExperimentConfig) -> JobParts:
-    """Data, shards, tokenizer and model with its adapter, deterministic by ``cfg.seed``."""
+def build_parts(cfg: ExperimentConfig, *, progress: ProgressCallback | None = None) -> JobParts:
+    """Data, shards, tokenizer and model with its adapter, deterministic by ``cfg.seed``.
+
+    ``progress`` hears each stage (data, tokenizer, model, pre-training steps).
+    """
+    emit(progress, ProgressEvent("data"))
     data = load_dataset(cfg.data, seed=cfg.seed)
     shards = partition(data, cfg.data, cfg.federation, seed=cfg.seed)
+    log.info(
+        "data: %d examples over %d clients (%s)",
+        len(data.texts),
+        len(shards),
+        cfg.data.source if cfg.data.path is None else cfg.data.path,
+    )
     num_labels = max(data.num_labels, 2)
     if cfg.model.path:
+        emit(progress, ProgressEvent("model"))
+        log.info("loading model %s", cfg.model.path)
         base, tokenizer = models.load_pretrained(
-            cfg.model.path, task=cfg.model.base_task, num_labels=num_labels
+            cfg.model.path, task=cfg.model.base_task, num_labels=num_labels, seed=cfg.seed
         )
         family = models.family_of(base)
     else:
         family = cfg.model.family
+        emit(progress, ProgressEvent("tokenizer"))
         tokenizer = models.train_tokenizer(
             _tokenizer_corpus(cfg, data), vocab_size=cfg.model.vocab_size, family=family
         )
+        emit(progress, ProgressEvent("model"))
         base = models.build_tiny_model(
             family,
             task=cfg.model.base_task,
@@ -132,12 +154,15 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
             eos_token_id=tokenizer.eos_token_id,
         )
         if cfg.model.pretrain_steps:
-            _pretrain(cfg, base, tokenizer)
+            _pretrain(cfg, base, tokenizer, progress)
     spec = models.AdapterSpec(cfg.adapter.method, dict(cfg.adapter.options))
     model = models.attach_adapter(
         base, spec, family=family, task=cfg.model.base_task, seed=cfg.seed
     )
-    test_idx = np.concatenate([s.test for s in shards]) if shards else np.array([], dtype=int)
+    if data.eval_start is not None:
+        test_idx = np.arange(data.eval_start, len(data.texts))
+    else:
+        test_idx = np.concatenate([s.test for s in shards]) if shards else np.array([], dtype=int)
     test_records = None
     sft_encoded = sft_test_set = None
     if data.pairs is not None:

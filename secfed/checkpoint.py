@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,17 +50,30 @@ def save_checkpoint(directory: Path, state: JobState) -> None:
 
 
 def load_checkpoint(directory: Path) -> JobState:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    A missing marker, an unreadable or truncated file raises :class:`ResumeError` naming the
+    file, so a caller can fall back to an earlier checkpoint.
+    """
     if not (directory / "COMPLETE").exists():
         raise ResumeError(f"checkpoint {directory} is incomplete; it cannot be resumed from")
-    meta = json.loads((directory / "state.json").read_text())
-    with np.load(directory / "arrays.npz") as npz:
-        arrays = {k: npz[k].astype(np.float64) for k in npz.files}
+    state_file, arrays_file = directory / "state.json", directory / "arrays.npz"
+    try:
+        meta = json.loads(state_file.read_text())
+        round_, job_id = int(meta["round"]), str(meta["job_id"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise ResumeError(f"{state_file} is unreadable ({type(err).__name__}: {err})") from err
+    try:
+        with np.load(arrays_file) as npz:
+            arrays = {k: npz[k].astype(np.float64) for k in npz.files}
+        global_vector = arrays["global_vector"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise ResumeError(f"{arrays_file} is unreadable ({type(err).__name__}: {err})") from err
     strategy = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("strategy/")}
     return JobState(
-        round=int(meta["round"]),
-        job_id=str(meta["job_id"]),
-        global_vector=arrays["global_vector"],
+        round=round_,
+        job_id=job_id,
+        global_vector=global_vector,
         strategy=strategy,
         privacy=meta.get("privacy", {}),
         extra=meta.get("extra", {}),

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .errors import ConfigError
 
+#: Data sources read from a labelled local file (they accept ``eval_path``).
+FILE_SOURCES = ("csv", "tsv", "json", "parquet", "disk")
 STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi", "fedadagrad")
 
 
@@ -48,16 +50,25 @@ class AdapterSection(_Section):
 
 
 class DataSection(_Section):
-    """Where the data comes from and how it is split across clients."""
+    """Where the data comes from and how it is split across clients.
+
+    ``num_examples`` is the size of the built-in tasks (default 2400); for a file it draws a
+    seeded subsample of that many rows (default: every row). ``eval_path`` names a separate
+    held-out file (same format and columns); without it each client holds out
+    ``test_fraction`` of its share.
+    """
 
     source: Literal[
-        "builtin", "csv", "json", "parquet", "disk", "sft_builtin", "sft_json", "dpo_builtin",
-        "dpo_json",
+        "builtin", "csv", "tsv", "json", "parquet", "disk", "sft_builtin", "sft_json",
+        "dpo_builtin", "dpo_json",
     ] = "builtin"  # fmt: skip
     path: str | None = None
+    #: Field separator of csv/tsv files (default: tab for tsv and *.tsv / *.tab, else comma).
+    delimiter: str | None = None
+    eval_path: str | None = None
     text_column: str = "text"
     label_column: str = "label"
-    num_examples: int = Field(2400, ge=10)
+    num_examples: int | None = Field(None, ge=10)
     label_noise: float = Field(0.05, ge=0.0, lt=0.5)
     partition: Literal["iid", "dirichlet"] = "iid"
     alpha: float = Field(0.5, gt=0.0)
@@ -74,6 +85,18 @@ class DataSection(_Section):
     def _path_for_files(self) -> DataSection:
         if self.source not in ("builtin", "sft_builtin", "dpo_builtin") and not self.path:
             raise ValueError(f"data.source = {self.source!r} needs data.path (a file or directory)")
+        if self.delimiter is not None and (
+            self.source not in ("csv", "tsv") or len(self.delimiter) != 1
+        ):
+            raise ValueError(
+                f"data.delimiter = {self.delimiter!r}: a delimiter is one character (e.g. "
+                "'\\t' or ';') and applies to data.source = 'csv' or 'tsv' only"
+            )
+        if self.eval_path is not None and self.source not in FILE_SOURCES:
+            raise ValueError(
+                f"data.eval_path is for labelled files (data.source one of "
+                f"{', '.join(FILE_SOURCES)}), not {self.source!r}: remove it"
+            )
         return self
 
 
@@ -258,6 +281,8 @@ def _explain(err: ValidationError, source: str) -> ConfigError:
             bad = e.get("input")
             shown = repr(bad) if not isinstance(bad, dict) else "{...}"
             lines.append(f"  - {key} = {shown}: {e['msg']}")
+    if len(lines) == 2:  # one problem: one line
+        return ConfigError(f"{lines[0]} {lines[1].removeprefix('  - ')}")
     return ConfigError("\n".join(lines))
 
 

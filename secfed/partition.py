@@ -56,12 +56,43 @@ def dirichlet_partition(
     )
 
 
+def held_out(size: int, test_fraction: float) -> int:
+    """How many of a client's ``size`` examples :func:`train_test_split` holds out."""
+    return round(size * test_fraction)
+
+
+def check_plan(sizes: Sequence[int], *, test_fraction: float, total: int) -> None:
+    """Refuse a split that leaves a client with no training (or, if any are held out, no
+    held-out) examples, naming the client, its numbers and the fix."""
+    bad = []
+    for cid, size in enumerate(sizes):
+        n_test = held_out(size, test_fraction)
+        if size - n_test < 1 or (test_fraction > 0 and n_test < 1):
+            bad.append((cid, size, n_test))
+    if not bad:
+        return
+    cid, size, n_test = bad[0]
+    need = next(
+        n for n in range(1, 10_000)
+        if n - held_out(n, test_fraction) >= 1 and (not test_fraction or held_out(n, test_fraction))
+    )  # fmt: skip
+    what = "training examples" if size - n_test < 1 else "held-out examples"
+    fix = f"use at most {total // need} clients, add examples"
+    if test_fraction:
+        fix += ", raise data.test_fraction or give a separate data.eval_path"
+    raise DataError(
+        f"{len(bad)} of {len(sizes)} clients would have no {what}: client {cid} gets {size} "
+        f"examples ({size - n_test} to train, {n_test} held out at test_fraction "
+        f"{test_fraction:g}); {total} examples need at least {need} per client: {fix}"
+    )
+
+
 def train_test_split(
     indices: np.ndarray, *, test_fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split one client's indices into train and held-out test parts (test may be empty)."""
     order = rng.permutation(indices)
-    n_test = round(len(order) * test_fraction)
+    n_test = held_out(len(order), test_fraction)
     if len(order) - n_test < 1:
         raise DataError(f"a client with {len(order)} examples has none left to train on")
     return np.sort(order[n_test:]), np.sort(order[:n_test])

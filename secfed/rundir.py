@@ -63,11 +63,23 @@ class RunDir:
     def checkpoint(self, round_: int) -> Path:
         return self.checkpoints / f"round_{round_:04d}"
 
-    def latest_checkpoint(self) -> Path | None:
+    def complete_checkpoints(self) -> list[Path]:
+        """Checkpoints carrying the ``COMPLETE`` marker, oldest first."""
         if not self.checkpoints.is_dir():
-            return None
-        done = sorted(p for p in self.checkpoints.glob("round_*") if (p / "COMPLETE").exists())
+            return []
+        return sorted(p for p in self.checkpoints.glob("round_*") if (p / "COMPLETE").exists())
+
+    def latest_checkpoint(self) -> Path | None:
+        done = self.complete_checkpoints()
         return done[-1] if done else None
+
+    def set_aside(self, checkpoint: Path) -> Path:
+        """Rename an unreadable checkpoint to ``corrupt_<name>`` (kept for inspection)."""
+        target = checkpoint.with_name(f"corrupt_{checkpoint.name}")
+        if target.exists():
+            shutil.rmtree(target)
+        checkpoint.rename(target)
+        return target
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -98,5 +110,5 @@ class RunDir:
     def remove_incomplete_checkpoints(self) -> None:
         if self.checkpoints.is_dir():
             for p in self.checkpoints.glob("round_*"):
-                if not (p / "COMPLETE").exists():
+                if p.is_dir() and not (p / "COMPLETE").exists():
                     shutil.rmtree(p)

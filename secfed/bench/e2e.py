@@ -62,6 +62,7 @@ def run_e2e(
             train_s=statistics.median(r["phases"]["train"] for r in rows),
             bytes_up=statistics.median(r["bytes_up"] for r in rows),
             bytes_down=statistics.median(r["bytes_down"] for r in rows),
+            bytes_down_protocol=statistics.median(r.get("bytes_down_protocol", 0.0) for r in rows),
             accuracy=summary.get("accuracy"),
         )
         records.append(rec)

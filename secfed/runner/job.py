@@ -35,12 +35,14 @@ from ..job_dp import (
     privacy_summary,
     protocol_options,
 )
+from ..keydir import check_job_key_dir
 from ..plugins import TrainingPlugin, build_plugins
+from ..progress import ProgressCallback, ProgressEvent, emit
 from ..rundir import RunDir, write_json_atomic
 from ..sft import evaluate_sft
 from ..strategies import Strategy, create_strategy
 from .local import ClientResult, LocalTraining, derive_seed
-from .record import RoundClock, round_record, skipped_record
+from .record import MODEL_BYTES_PER_PARAM, RoundClock, round_record, skipped_record
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,17 @@ class FederatedRunner(LocalTraining):
     :class:`~secfed.runner.local.LocalTraining`, the record's fields in :mod:`.record`.
     """
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: str | Path):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        run_dir: str | Path,
+        *,
+        progress: ProgressCallback | None = None,
+    ):
         self.cfg = cfg
         self.dir = RunDir(run_dir)
-        self.parts: JobParts = build_parts(cfg)
+        self.progress = progress
+        self.parts: JobParts = build_parts(cfg, progress=progress)
         self.dim = models.adapter_size(self.parts.model)
         self.strategy: Strategy = create_strategy(
             cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
@@ -77,19 +86,45 @@ class FederatedRunner(LocalTraining):
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod
-    def resume(cls, run_dir: str | Path) -> FederatedRunner:
+    def resume(
+        cls, run_dir: str | Path, *, progress: ProgressCallback | None = None
+    ) -> FederatedRunner:
         """Reopen a run directory at its last complete checkpoint."""
         rd = RunDir(run_dir)
         if not rd.config.exists():
             raise ResumeError(f"{run_dir} has no config.toml: it is not a secfed run directory")
-        runner = cls(load_config(rd.config), run_dir)
-        latest = rd.latest_checkpoint()
-        if latest is None:
-            raise ResumeError(
-                f"{run_dir} has no complete checkpoint; start it again without --resume"
-            )
-        runner._restore(load_checkpoint(latest))
+        runner = cls(load_config(rd.config), run_dir, progress=progress)
+        runner._restore(runner._last_good_checkpoint())
         return runner
+
+    def _last_good_checkpoint(self) -> JobState:
+        """The newest checkpoint that reads back whole; unreadable newer ones are set aside."""
+        found = self.dir.complete_checkpoints()
+        if not found:
+            raise ResumeError(
+                f"{self.dir.root} has no complete checkpoint; start it again without --resume"
+            )
+        problems = []
+        for path in reversed(found):
+            try:
+                state = load_checkpoint(path)
+                if len(state.global_vector) != self.dim:
+                    raise ResumeError(
+                        f"{path / 'arrays.npz'} holds {len(state.global_vector)} adapter "
+                        f"parameters but this job's adapter has {self.dim}"
+                    )
+            except ResumeError as err:
+                problems.append(str(err))
+                moved = self.dir.set_aside(path)
+                log.warning("%s; set aside as %s, trying the previous checkpoint", err, moved.name)
+                continue
+            if problems:
+                log.warning("resuming from %s (round %d)", path.name, state.round)
+            return state
+        raise ResumeError(
+            f"no checkpoint in {self.dir.checkpoints} reads back: {'; '.join(problems)}; "
+            "start the job again without --resume"
+        )
 
     def _restore(self, state: JobState) -> None:
         self.state = state
@@ -103,11 +138,16 @@ class FederatedRunner(LocalTraining):
         if self.user_dp is not None:
             self.user_dp.load_state_dict(state.privacy["user"])
 
+    def _key_dir(self) -> Path:
+        """The user's ``aggregation.key_dir`` (checked, only read), else the run's own."""
+        if not self.cfg.aggregation.key_dir:
+            return self.dir.keys
+        key_dir = Path(self.cfg.aggregation.key_dir)
+        check_job_key_dir(self.cfg.aggregation.protocol, key_dir)
+        return key_dir
+
     def _setup_keys(self) -> None:
-        key_dir = (
-            Path(self.cfg.aggregation.key_dir) if self.cfg.aggregation.key_dir else self.dir.keys
-        )
-        self.protocol.setup(job_id=self.state.job_id, key_dir=key_dir)
+        self.protocol.setup(job_id=self.state.job_id, key_dir=self._key_dir())
 
     def start(self) -> None:
         """Create the run directory and the job's identity and keys."""
@@ -116,6 +156,7 @@ class FederatedRunner(LocalTraining):
                 f"{self.dir.root} already holds a run; resume it with `secfed run --resume "
                 f"{self.dir.root}` or choose another --out"
             )
+        self._key_dir()  # refuse a wrong key directory before the run directory exists
         self.dir.create()
         self.dir.config.write_text(self.cfg.to_toml())
         self.state.job_id = f"{self.cfg.name}/{self.cfg.seed}/{secrets.token_hex(8)}"
@@ -195,14 +236,17 @@ class FederatedRunner(LocalTraining):
             before = self.evaluate()
         with clock.phase("train"):
             results = self.train_cohort(round_, cohort)
+        emit(self.progress, ProgressEvent("aggregate", round=round_, cohort=len(results)))
         with clock.phase("aggregate"):
             outcome = self.aggregate(round_, results)
         self.apply_strategy(round_, results, outcome)
+        emit(self.progress, ProgressEvent("evaluate", round=round_))
         with clock.phase("evaluate"):
             metrics = self.evaluate()
         record = round_record(
             round_, metrics=metrics, cohort=cohort, results=results, outcome=outcome,
             clock=clock, release_loss=self.sample_dp is None and self.user_dp is None,
+            model_bytes=MODEL_BYTES_PER_PARAM * self.dim,
         )  # fmt: skip
         record["phase"] = "sft" if self.in_sft_phase(round_) else self.cfg.model.task
         if before is not None:
@@ -277,7 +321,9 @@ class FederatedRunner(LocalTraining):
         self.dir.append_metrics(record)
         if round_ % self.cfg.output.checkpoint_every == 0 or round_ == self.cfg.federation.rounds:
             save_checkpoint(self.dir.checkpoint(round_), self.state)
-        log.info("round %d: accuracy %s loss %s", round_, record["accuracy"], record["loss"])
+        acc, loss = record["accuracy"], record["loss"]
+        if acc is not None and loss is not None:
+            log.info("round %d: accuracy %.4f loss %.4f", round_, acc, loss)
         return record
 
     # -- end of job ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ training with the strategy's and plugins' gradient terms, and the payload it sub
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -28,8 +29,11 @@ from ..config import ExperimentConfig
 from ..dpo import make_dpo_loss
 from ..job_dp import SampleLevelDP, UserLevelDP
 from ..plugins import TrainingPlugin
+from ..progress import ProgressCallback, ProgressEvent, emit
 from ..sft import sft_loss
 from ..strategies import Strategy
+
+log = logging.getLogger(__name__)
 
 
 def derive_seed(*parts: int | str) -> int:
@@ -60,6 +64,7 @@ class LocalTraining:
     sample_dp: SampleLevelDP | None
     user_dp: UserLevelDP | None
     state: JobState
+    progress: ProgressCallback | None
 
     def in_sft_phase(self, round_: int) -> bool:
         """True for the SFT rounds that open a DPO job (``dpo.sft_rounds``)."""
@@ -96,10 +101,34 @@ class LocalTraining:
 
     def train_cohort(self, round_: int, cohort: list[int]) -> list[ClientResult]:
         """Local training of every cohort member (remote in a deployment)."""
-        return [self.train_client(round_, cid) for cid in cohort]
+        return [
+            self.train_client(round_, cid, member=i + 1, cohort=len(cohort))
+            for i, cid in enumerate(cohort)
+        ]
 
-    def train_client(self, round_: int, client_id: int) -> ClientResult:
-        """Local training of one client from the current global adapter."""
+    def _step_ticker(
+        self, round_: int, client_id: int, *, member: int, cohort: int, steps: int
+    ) -> training.ExtraGrad | None:
+        """A hook called once per optimiser step that reports progress (gradients untouched)."""
+        callback = self.progress
+        if callback is None:
+            return None
+        done = 0
+
+        def tick(model: torch.nn.Module) -> None:
+            nonlocal done
+            done += 1
+            callback(ProgressEvent("train", done, steps, round_, client_id, member, cohort))
+
+        return tick
+
+    def train_client(
+        self, round_: int, client_id: int, *, member: int = 1, cohort: int = 1
+    ) -> ClientResult:
+        """Local training of one client from the current global adapter.
+
+        ``member`` of ``cohort`` only labels progress events.
+        """
         t0 = time.perf_counter()
         fed = self.cfg.federation
         global_vec = self.state.global_vector
@@ -107,6 +136,11 @@ class LocalTraining:
         hooks = [h for h in (self.strategy.client_hook(client_id, global_vec),) if h is not None]
         extra_grads = [training.vector_grad_hook(hooks)]
         extra_grads += [p.client_grad_hook(client_id, self.parts.model) for p in self.plugins]
+        expected = fed.local_epochs * -(-len(self.client_data(client_id, round_)) // fed.batch_size)
+        emit(self.progress, ProgressEvent("train", 0, expected, round_, client_id, member, cohort))
+        extra_grads.append(
+            self._step_ticker(round_, client_id, member=member, cohort=cohort, steps=expected)
+        )
         extra_grad = training.combine_hooks(extra_grads)
         seed = derive_seed(self.cfg.seed, "train", round_, client_id)
         steps, loss = self.fit(round_, client_id, extra_grad=extra_grad, seed=seed)
@@ -119,7 +153,10 @@ class LocalTraining:
             # Clipped; under adaptive clipping one more coordinate carries the unclipped bit.
             payload = self.user_dp.client_vector(payload)
             weight = 1.0  # DP-FedAvg: uniform weights, so one client's influence is bounded
-        return ClientResult(client_id, payload, weight, steps, loss, time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        log.info("round %d: client %d (%d/%d) trained %d steps in %.1fs", round_, client_id,
+                 member, cohort, steps, seconds)  # fmt: skip
+        return ClientResult(client_id, payload, weight, steps, loss, seconds)
 
     def fit(
         self, round_: int, client_id: int, *, extra_grad: training.ExtraGrad | None, seed: int

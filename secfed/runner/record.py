@@ -33,6 +33,11 @@ class RoundClock:
         return time.perf_counter() - self.start
 
 
+#: Bytes per adapter parameter of the global-model broadcast: the vector travels as float64
+#: (``secfed.flower.codec.vector_bytes``), so in-process records count what a deployment sends.
+MODEL_BYTES_PER_PARAM = 8
+
+
 def round_record(
     round_: int,
     *,
@@ -42,14 +47,20 @@ def round_record(
     outcome: crypto.RoundOutcome,
     clock: RoundClock,
     release_loss: bool,
+    model_bytes: int,
 ) -> dict[str, Any]:
     """The metrics.jsonl record of a round that produced an aggregate.
 
-    ``release_loss`` adds the clients' mean un-noised training loss: only where no DP promise
-    covers the run.
+    Traffic is per participating client: ``bytes_down`` is the global adapter every trained
+    client received (``bytes_down_model`` = ``model_bytes``) plus the aggregation protocol's
+    messages to it (``bytes_down_protocol``); ``bytes_up`` is protocol traffic only (the
+    update travels inside the protocol). ``release_loss`` adds the clients' mean un-noised
+    training loss: only where no DP promise covers the run.
     """
     traffic = outcome.traffic
     n = max(len(results), 1)
+    down_protocol = {r.client_id: traffic.bytes_down.get(r.client_id, 0) for r in results}
+    down = {cid: b + model_bytes for cid, b in down_protocol.items()}
     record: dict[str, Any] = {
         "round": round_,
         **metrics,
@@ -57,9 +68,11 @@ def round_record(
         "contributors": sorted(outcome.aggregate.contributors),
         "dropped": list(outcome.dropped),
         "bytes_up": sum(traffic.bytes_up.values()) / n,
-        "bytes_down": sum(traffic.bytes_down.values()) / n,
+        "bytes_down": sum(down.values()) / n,
+        "bytes_down_protocol": sum(down_protocol.values()) / n,
+        "bytes_down_model": float(model_bytes),
         "bytes_up_per_client": {str(k): v for k, v in sorted(traffic.bytes_up.items())},
-        "bytes_down_per_client": {str(k): v for k, v in sorted(traffic.bytes_down.items())},
+        "bytes_down_per_client": {str(k): v for k, v in sorted(down.items())},
         "phases": {
             "train": clock.phases.get("train", 0.0),
             "aggregate": clock.phases.get("aggregate", 0.0),
@@ -89,5 +102,7 @@ def skipped_record(
         "contributors": [],
         "bytes_up": 0.0,
         "bytes_down": 0.0,
+        "bytes_down_protocol": 0.0,
+        "bytes_down_model": 0.0,
         "note": "every sampled client is out of privacy budget; global model unchanged",
     }

@@ -88,3 +88,14 @@ def test_needs_public_corpus(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="public corpus"):
         build_parts(cfg)
+
+
+def test_on_step_reports_every_step_and_not_when_cached(tmp_path: Path, corpus, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    spec = models.PretrainSpec(steps=5, batch_size=8, seed=2)
+    seen: list[tuple[int, int]] = []
+    for _ in range(2):  # the second call reads the cache: no steps to report
+        models.pretrain_tiny(
+            _model(tokenizer), tokenizer, corpus, spec, family="bert", task="classification",
+            max_length=16, cache_dir=tmp_path, on_step=lambda d, t: seen.append((d, t)),
+        )  # fmt: skip
+    assert seen == [(d, 5) for d in range(1, 6)]

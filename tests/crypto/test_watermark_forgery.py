@@ -24,7 +24,6 @@ from .watermark_toy import anchor as toy_anchor
 from .watermark_toy import architecture, bit_matches, embed, lora_params, trained_params
 
 
-
 @pytest.fixture(scope="module")
 def adapters() -> dict[str, dict[str, torch.Tensor]]:
     owner = wm.generate_key(owner=0)
@@ -89,8 +88,16 @@ def test_key_file_cannot_choose_what_verification_uses(extra):
 
 
 def test_old_scheme_keys_with_their_own_layout_are_refused(tmp_path):
-    old = {"version": 2, "owner": 0, "seed": "00" * 32, "salt": "00" * 32, "bits": 64,
-           "anchor_kind": "lora", "layout": [["enc.q", [32, 48]]], "triggers": None}
+    old = {
+        "version": 2,
+        "owner": 0,
+        "seed": "00" * 32,
+        "salt": "00" * 32,
+        "bits": 64,
+        "anchor_kind": "lora",
+        "layout": [["enc.q", [32, 48]]],
+        "triggers": None,
+    }
     path = tmp_path / "old.key"
     path.write_text(json.dumps(old))
     with pytest.raises(wm.WatermarkKeyError, match="forgeable"):

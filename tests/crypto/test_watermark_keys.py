@@ -20,8 +20,14 @@ def test_save_load_round_trip_with_owner_only_permissions(tmp_path):
     wm.save_key(key, path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert wm.load_key(path) == key
-    assert set(key.to_dict()) == {"scheme", "seed", "owner", "triggers", "anchor_kind",
-                                  "architecture"}
+    assert set(key.to_dict()) == {
+        "scheme",
+        "seed",
+        "owner",
+        "triggers",
+        "anchor_kind",
+        "architecture",
+    }
     with pytest.raises(FileExistsError):
         wm.save_key(key, path)
 

@@ -233,7 +233,7 @@ def _print_verdicts(records: list[dict[str, Any]], *, alpha: float, level: float
         trig = r.get("trigger")
         com = r["commitment"]
         table.add_row(
-            r["key"],
+            Path(r["key"]).name,
             f"{r['matches']}/{r['bits']}" if "bits" in r else "-",
             f"{r['bit_p_adjusted']:.3g}" if "bits" in r else "-",
             f"{trig['accuracy']:.3f} [{trig['ci_low']:.3f}, {trig['ci_high']:.3f}]"

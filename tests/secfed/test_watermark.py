@@ -355,17 +355,21 @@ def test_hook_is_capped_by_task_gradient(run):
 @pytest.mark.slow
 def test_attack_suite_quick(run, tmp_path):
     run_dir, _, _ = run
-    result = _invoke(
-        "attack",
-        "--run",
-        str(run_dir),
-        "--quick",
-        "--attacks",
-        "none,refactorize,merge,int8",
-        "--json",
-        str(tmp_path / "a.json"),
-        "--plot",
-        str(tmp_path / "a.png"),
+    result = CliRunner().invoke(
+        watermark_app,
+        [
+            "attack",
+            "--run",
+            str(run_dir),
+            "--quick",
+            "--attacks",
+            "none,refactorize,merge,int8",
+            "--json",
+            str(tmp_path / "a.json"),
+            "--plot",
+            str(tmp_path / "a.png"),
+        ],
+        env={"COLUMNS": "400"},
     )
     assert result.exit_code == 0, result.output
     assert "trig hits" in result.output

@@ -1,10 +1,12 @@
-"""Adapter watermarks: white-box sign signatures on the effective weight change, black-box
-trigger sets, and their statistical verification. Never imports secfed, models or privacy.
+"""Adapter watermarks (scheme ``secfed-wm/3``): white-box sign signatures on the effective
+weight change, black-box trigger sets, their statistical verification, commitment records
+and RFC 3161 timestamp checks. Never imports secfed, models or privacy.
 """
 
 from __future__ import annotations
 
 from .anchors import (
+    HEAD_MODULES,
     adapter_anchor,
     anchor_capacity,
     anchor_kind,
@@ -14,14 +16,29 @@ from .anchors import (
     layout_of,
     merged_anchor,
 )
+from .commitment import (
+    CommitmentError,
+    canonical_start,
+    check_record,
+    file_sha256,
+    finish_record,
+    load_record,
+    make_record,
+    record_digest,
+    save_record,
+)
 from .embed import SignEmbedder, add_grads, cap_norm, grad_norm
 from .errors import AnchorError, WatermarkCapacityError, WatermarkError, WatermarkKeyError
 from .keys import (
-    TriggerSpec,
+    SCHEME,
+    Architecture,
+    Scheme,
+    TriggerDomain,
     WatermarkKey,
-    check_commitment,
-    commitment,
+    check_fits,
+    check_key_hash,
     generate_key,
+    key_hash,
     load_key,
     message_signs,
     projection,
@@ -31,22 +48,36 @@ from .keys import (
 )
 from .stats import (
     DEFAULT_ALPHA,
+    MAX_ALPHA,
+    SECURITY_BITS,
+    SECURITY_LEVEL,
     BitTest,
     TriggerTest,
     binomial_p_value,
     bit_test,
     clopper_pearson,
+    effective_level,
     holm,
+    holm_adjusted,
+    min_matches,
     trigger_test,
 )
 from .verify import Verdict, decide, extracted_matches, verify_bits
 
 __all__ = [
     "DEFAULT_ALPHA",
+    "HEAD_MODULES",
+    "MAX_ALPHA",
+    "SCHEME",
+    "SECURITY_BITS",
+    "SECURITY_LEVEL",
     "AnchorError",
+    "Architecture",
     "BitTest",
+    "CommitmentError",
+    "Scheme",
     "SignEmbedder",
-    "TriggerSpec",
+    "TriggerDomain",
     "TriggerTest",
     "Verdict",
     "WatermarkCapacityError",
@@ -60,23 +91,35 @@ __all__ = [
     "binomial_p_value",
     "bit_test",
     "canonical_name",
+    "canonical_start",
     "cap_norm",
     "check_capacity",
-    "check_commitment",
+    "check_fits",
+    "check_key_hash",
+    "check_record",
     "clopper_pearson",
-    "commitment",
     "decide",
+    "effective_level",
     "extracted_matches",
+    "file_sha256",
+    "finish_record",
     "flatten",
     "generate_key",
     "grad_norm",
     "holm",
+    "holm_adjusted",
+    "key_hash",
     "layout_of",
     "load_key",
+    "load_record",
+    "make_record",
     "merged_anchor",
     "message_signs",
+    "min_matches",
     "projection",
+    "record_digest",
     "save_key",
+    "save_record",
     "trigger_labels",
     "trigger_test",
     "trigger_token_ids",

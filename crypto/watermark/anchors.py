@@ -106,23 +106,38 @@ def adapter_anchor(params: Mapping[str, torch.Tensor], config: Mapping[str, Any]
     return out
 
 
-def merged_anchor(
-    merged: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor], layout: Layout
-) -> Anchor:
-    """``W_merged - W_base`` for each module of ``layout`` (LoRA merged into the base)."""
+#: Task heads that peft trains as full copies (``modules_to_save``); never anchors.
+HEAD_MODULES = ("classifier", "score", "pre_classifier", "lm_head", "qa_outputs")
+
+
+def merged_anchor(merged: Mapping[str, torch.Tensor], base: Mapping[str, torch.Tensor]) -> Anchor:
+    """``W_merged - W_base`` for every 2-D weight a LoRA merge changed (heads excluded).
+
+    The modules come from the two models alone (never from a key), so the anchor's
+    architecture is what the merge produced: a verifier cannot be steered to a subset.
+    """
     m_state = {canonical_name(k): v for k, v in merged.items()}
     b_state = {canonical_name(k): v for k, v in base.items()}
     out: Anchor = {}
-    for module, shape in layout:
-        key = module + ".weight"
-        if key not in m_state or key not in b_state:
+    for key in sorted(m_state):
+        if not key.endswith(".weight") or key not in b_state:
+            continue
+        module = key[: -len(".weight")]
+        if module.rsplit(".", 1)[-1] in HEAD_MODULES or m_state[key].dim() != 2:
+            continue
+        if tuple(m_state[key].shape) != tuple(b_state[key].shape):
             raise AnchorError(
-                f"merged or base model lacks {key}; pass the base model the adapter was trained on"
+                f"{key} has shape {tuple(m_state[key].shape)} in the merged model, "
+                f"{tuple(b_state[key].shape)} in the base; pass the base it was merged into"
             )
         delta = m_state[key].float() - b_state[key].float()
-        if tuple(delta.shape) != tuple(shape):
-            raise AnchorError(f"{key} has shape {tuple(delta.shape)}, key expects {shape}")
-        out[module] = delta
+        if bool(torch.any(delta != 0)):
+            out[module] = delta
+    if not out:
+        raise AnchorError(
+            "the merged model's weights equal the base model's; pass the merged model and "
+            "the base it was merged into"
+        )
     return out
 
 

@@ -21,19 +21,21 @@ from typing import Any
 import torch
 
 from .anchors import adapter_anchor, flatten
-from .keys import WatermarkKey, message_signs, projection
+from .keys import Architecture, WatermarkKey, check_fits, message_signs, projection
 
 
 class SignEmbedder:
     """One key's projection and message, held as tensors for repeated gradient steps."""
 
-    def __init__(self, key: WatermarkKey, *, strength: float, margin: float):
+    def __init__(self, key: WatermarkKey, arch: Architecture, *, strength: float, margin: float):
         if strength <= 0 or margin < 0:
             raise ValueError(f"strength={strength} must be > 0 and margin={margin} >= 0")
+        check_fits(key, arch)
         self.key = key
+        self.arch = arch
         self.strength = strength
         self.margin = margin
-        self.projection = torch.from_numpy(projection(key))
+        self.projection = torch.from_numpy(projection(key, arch))
         self.signs = torch.from_numpy(message_signs(key))
 
     def loss(self, vector: torch.Tensor) -> torch.Tensor:
@@ -47,7 +49,7 @@ class SignEmbedder:
         """``strength * d loss / d param`` for the anchor's parameters (others absent)."""
         names = list(params)
         with torch.enable_grad():
-            vec = flatten(adapter_anchor(params, config), list(self.key.layout))
+            vec = flatten(adapter_anchor(params, config), list(self.arch.modules))
             loss = self.loss(vec)
             if not loss.requires_grad:
                 return {}

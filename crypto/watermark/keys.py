@@ -1,11 +1,18 @@
-"""Per-owner watermark keys: a secret 256-bit seed and everything derived from it.
+"""Watermark keys (scheme ``secfed-wm/3``): a secret 256-bit seed plus a scheme version.
 
-The message bits, the projection matrix and the trigger inputs are expanded from the seed
-with SHAKE-256 under distinct domain-separation labels, so they are unpredictable without
-the seed (no numpy or ``random`` generator is involved). A key also records the anchor
-layout it was embedded into (module names and shapes) so verification needs no model
-code. ``commitment(key)`` is SHA-256 over a canonical JSON encoding that includes a random
-salt stored in the key: publishing it binds the owner to the key without revealing it.
+Nothing a verifier uses is read from the key file. The message bits, the projection
+(over every anchor module, in sorted canonical order), the trigger inputs and their labels
+are expanded with SHAKE-256 from the seed and a fingerprint of what the verifier reads
+from the model itself: the adapter's canonical :class:`Architecture` (anchor kind, module
+names and shapes, sorted) and the :class:`TriggerDomain` (vocabulary, special tokens,
+classes). Sizes (bits, trigger count and length) are constants of the scheme. So a
+claimant controls one thing only, the seed, and each seed is one independent draw against
+the security floor of :mod:`.stats` (see :data:`SCHEME`).
+
+The file may also record, for a clear refusal on a mismatch, the anchor kind and the
+architecture fingerprint the key was made for; these are checked, never used to derive.
+``key_hash(key)`` (SHA-256 over the scheme and the seed) is the value a commitment record
+publishes: the seed's 256 bits of entropy hide it, and collision resistance binds it.
 """
 
 from __future__ import annotations
@@ -15,8 +22,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,211 +30,276 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .errors import WatermarkKeyError
+from .stats import SECURITY_BITS
 
 SEED_BYTES = 32
-MIN_BITS, MAX_BITS = 64, 256
-_VERSION = 2  # 2: per-trigger random labels (v1 had one label per owner)
-_READABLE = (1, 2)  # v1 keys without triggers read the same way and keep their commitment
-_DOMAIN = b"secfed-watermark/v1/"
+_DOMAIN = b"secfed-watermark/v3/"
+_KEY_FIELDS = {"scheme", "seed", "owner", "triggers", "anchor_kind", "architecture"}
 
 
 @dataclass(frozen=True)
-class TriggerSpec:
-    """Black-box trigger set: ``count`` random token sequences, each with a random label.
+class Scheme:
+    """Fixed sizes of one watermark scheme version (not choosable per key)."""
 
-    Inputs (tokens drawn from ``alphabet`` after ``prefix``) and labels are both expanded
-    from the key's seed (:func:`trigger_token_ids`, :func:`trigger_labels`), so the file
-    stores only their shape and the alphabet.
-    """
+    name: str
+    bits: int  # signature bits per key
+    triggers: int  # triggers per key
+    trigger_length: int  # tokens per trigger, the prefix token included
+    security_bits: int  # a test counts only at p <= 2**-security_bits
 
-    count: int
-    length: int
-    alphabet: tuple[int, ...]
+
+SCHEME = Scheme(
+    name="secfed-wm/3", bits=256, triggers=256, trigger_length=16, security_bits=SECURITY_BITS
+)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What the anchor looks like: its kind and ``(module, shape)``, sorted by name."""
+
+    kind: str
+    modules: tuple[tuple[str, tuple[int, ...]], ...]
+
+    def __post_init__(self) -> None:
+        names = [m for m, _ in self.modules]
+        if list(self.modules) != sorted(self.modules) or len(set(names)) != len(names):
+            raise WatermarkKeyError(
+                "an architecture lists each anchor module once, sorted by name; build it "
+                "with Architecture.of(kind, anchor)"
+            )
+        if not self.modules:
+            raise WatermarkKeyError("an architecture needs at least one anchor module")
+
+    @classmethod
+    def of(cls, kind: str, shapes: Any) -> Architecture:
+        """From ``{module: tensor or shape}`` (any order)."""
+        items = shapes.items() if hasattr(shapes, "items") else shapes
+        mods = []
+        for name, value in items:
+            shape = tuple(int(x) for x in getattr(value, "shape", value))
+            mods.append((str(name), shape))
+        return cls(kind=kind, modules=tuple(sorted(mods)))
+
+    @property
+    def dim(self) -> int:
+        """Length of the flattened anchor vector."""
+        return int(sum(int(np.prod(s)) for _, s in self.modules))
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of the canonical encoding."""
+        body = {"kind": self.kind, "modules": [[m, list(s)] for m, s in self.modules]}
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(b"secfed-wm-architecture\x00" + raw).hexdigest()
+
+
+@dataclass(frozen=True)
+class TriggerDomain:
+    """Where triggers live, read from the base model: token alphabet, prefix, classes."""
+
+    vocab_size: int
+    special_ids: tuple[int, ...]
+    prefix: tuple[int, ...]
     num_labels: int
-    prefix: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.num_labels < 2 or len(self.alphabet) < 2:
+            raise WatermarkKeyError(
+                f"trigger domain with {self.num_labels} labels and {len(self.alphabet)} "
+                "tokens; triggers need >= 2 classes and >= 2 non-special tokens"
+            )
+
+    @property
+    def alphabet(self) -> NDArray[np.int64]:
+        """Every non-special token id of the vocabulary."""
+        keep = np.ones(self.vocab_size, dtype=bool)
+        special = [i for i in self.special_ids if 0 <= i < self.vocab_size]
+        keep[special] = False
+        return np.flatnonzero(keep).astype(np.int64)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hex SHA-256 of the canonical encoding."""
+        body = {
+            "vocab_size": self.vocab_size,
+            "special_ids": sorted(set(self.special_ids)),
+            "prefix": list(self.prefix),
+            "num_labels": self.num_labels,
+        }
+        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(b"secfed-wm-trigger-domain\x00" + raw).hexdigest()
 
 
 @dataclass(frozen=True)
 class WatermarkKey:
-    """One owner's secret watermark key."""
+    """One secret key: the seed, plus labels that are checked but never derived from."""
 
-    owner: int
     seed: bytes
-    salt: bytes
-    bits: int
-    anchor_kind: str
-    layout: tuple[tuple[str, tuple[int, ...]], ...]
-    triggers: TriggerSpec | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-    version: int = _VERSION
+    owner: int = 0
+    triggers: bool = False  # whether the key's trigger set was embedded (then it is tested)
+    anchor_kind: str | None = None
+    architecture: str | None = None  # fingerprint of the Architecture it was made for
+    scheme: str = SCHEME.name
+
+    def __post_init__(self) -> None:
+        if len(self.seed) != SEED_BYTES:
+            raise WatermarkKeyError(f"seed has {len(self.seed)} bytes; a key needs {SEED_BYTES}")
+        if self.scheme != SCHEME.name:
+            raise WatermarkKeyError(f"scheme {self.scheme!r} unsupported; expected {SCHEME.name}")
 
     @property
-    def dim(self) -> int:
-        """Length of the anchor vector the projection acts on."""
-        return int(sum(int(np.prod(s)) for _, s in self.layout))
+    def bits(self) -> int:
+        """Signature bits (a scheme constant)."""
+        return SCHEME.bits
 
     def to_dict(self) -> dict[str, Any]:
-        """Canonical JSON-able form (hex bytes, lists)."""
+        """JSON-able form (the key file)."""
         return {
-            "version": self.version,
-            "owner": self.owner,
+            "scheme": self.scheme,
             "seed": self.seed.hex(),
-            "salt": self.salt.hex(),
-            "bits": self.bits,
+            "owner": self.owner,
+            "triggers": self.triggers,
             "anchor_kind": self.anchor_kind,
-            "layout": [[n, list(s)] for n, s in self.layout],
-            "triggers": None if self.triggers is None else asdict(self.triggers),
-            "meta": self.meta,
+            "architecture": self.architecture,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WatermarkKey:
-        """Inverse of :meth:`to_dict`, validating the fields."""
+        """Inverse of :meth:`to_dict`; refuses old schemes and any field it would not use."""
+        if not isinstance(data, dict):
+            raise WatermarkKeyError("a watermark key file holds one JSON object")
+        if "scheme" not in data and "version" in data:
+            raise WatermarkKeyError(
+                f"watermark key version {data['version']!r} stores its own layout and trigger "
+                "set, which a claimant can choose (forgeable); make a new key with "
+                f"`secfed watermark keygen` ({SCHEME.name}) and embed it again"
+            )
+        extra = sorted(set(data) - _KEY_FIELDS)
+        if extra:
+            raise WatermarkKeyError(
+                f"key fields {extra} are not part of {SCHEME.name}: modules, projections, "
+                "trigger alphabet, lengths and labels all derive from the seed and the model; "
+                "remove them"
+            )
+        if not isinstance(data.get("triggers", False), bool):
+            raise WatermarkKeyError(
+                f"key field 'triggers' is {data['triggers']!r}; it only says whether the key's "
+                "trigger set was embedded (true/false): the set itself derives from the seed"
+            )
+        if data.get("anchor_kind") not in (None, "lora", "ia3", "prompt"):
+            raise WatermarkKeyError(
+                f"anchor_kind {data['anchor_kind']!r} unknown; use lora, ia3, prompt or null"
+            )
         try:
-            version = data["version"]
-            if version not in _READABLE:
-                raise WatermarkKeyError(
-                    f"watermark key version {version!r} unsupported; expected one of {_READABLE}"
-                )
-            if version == 1 and data.get("triggers") is not None:
-                raise WatermarkKeyError(
-                    "version-1 trigger sets (one label for all triggers) are no longer "
-                    "supported; version-1 keys without triggers still verify"
-                )
-            trig = data.get("triggers")
-            key = cls(
-                owner=int(data["owner"]),
+            return cls(
                 seed=bytes.fromhex(data["seed"]),
-                salt=bytes.fromhex(data["salt"]),
-                bits=int(data["bits"]),
-                anchor_kind=str(data["anchor_kind"]),
-                layout=tuple((str(n), tuple(int(x) for x in s)) for n, s in data["layout"]),
-                triggers=None
-                if trig is None
-                else TriggerSpec(
-                    **{
-                        **trig,
-                        "alphabet": tuple(int(t) for t in trig["alphabet"]),
-                        "prefix": tuple(int(t) for t in trig.get("prefix", ())),
-                    }
-                ),
-                meta=dict(data.get("meta", {})),
-                version=int(version),
+                owner=int(data.get("owner", 0)),
+                triggers=bool(data.get("triggers", False)),
+                anchor_kind=None if data.get("anchor_kind") is None else str(data["anchor_kind"]),
+                architecture=None
+                if data.get("architecture") is None
+                else str(data["architecture"]),
+                scheme=str(data["scheme"]),
             )
         except (KeyError, TypeError, ValueError) as err:
-            if isinstance(err, WatermarkKeyError):
-                raise
             raise WatermarkKeyError(
-                f"malformed watermark key ({err}); use a file written by save_key"
+                f"malformed watermark key ({err!r}); use a file written by "
+                "`secfed watermark keygen` or save_key"
             ) from err
-        _check_sizes(key.seed, key.bits)
-        return key
-
-
-def _check_sizes(seed: bytes, bits: int) -> None:
-    if len(seed) != SEED_BYTES:
-        raise WatermarkKeyError(f"seed has {len(seed)} bytes; a key needs {SEED_BYTES}")
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise WatermarkKeyError(f"bits={bits} out of range; choose {MIN_BITS}..{MAX_BITS}")
 
 
 def generate_key(
-    *,
-    owner: int,
-    bits: int,
-    anchor_kind: str,
-    layout: Sequence[tuple[str, tuple[int, ...]]],
-    triggers: TriggerSpec | None = None,
+    *, owner: int = 0, triggers: bool = False, architecture: Architecture | None = None
 ) -> WatermarkKey:
-    """A fresh key from ``secrets`` (256-bit seed, 256-bit commitment salt)."""
-    seed = secrets.token_bytes(SEED_BYTES)
-    _check_sizes(seed, bits)
+    """A fresh key: 256-bit seed from :mod:`secrets`, optionally bound to an architecture."""
     return WatermarkKey(
+        seed=secrets.token_bytes(SEED_BYTES),
         owner=owner,
-        seed=seed,
-        salt=secrets.token_bytes(32),
-        bits=bits,
-        anchor_kind=anchor_kind,
-        layout=tuple((n, tuple(s)) for n, s in layout),
         triggers=triggers,
+        anchor_kind=None if architecture is None else architecture.kind,
+        architecture=None if architecture is None else architecture.fingerprint,
     )
+
+
+def check_fits(key: WatermarkKey, arch: Architecture) -> None:
+    """Refuse a key made for another anchor kind or another architecture."""
+    if key.anchor_kind is not None and key.anchor_kind != arch.kind:
+        raise WatermarkKeyError(
+            f"key of owner {key.owner} is for {key.anchor_kind} adapters, this one is "
+            f"{arch.kind}; verify it against the adapter type it was made for"
+        )
+    if key.architecture is not None and key.architecture != arch.fingerprint:
+        raise WatermarkKeyError(
+            f"key of owner {key.owner} was made for architecture {key.architecture[:16]}..., "
+            f"the adapter at hand is {arch.fingerprint[:16]}... ({len(arch.modules)} "
+            f"{arch.kind} modules, {arch.dim} values); it does not derive to this adapter"
+        )
 
 
 def _xof(seed: bytes, label: str, nbytes: int) -> bytes:
     return hashlib.shake_256(_DOMAIN + label.encode() + b"\x00" + seed).digest(nbytes)
 
 
-def message_signs(key: WatermarkKey) -> NDArray[np.float32]:
-    """The message as +-1 values (bit 1 -> +1), length ``key.bits``."""
-    raw = np.frombuffer(_xof(key.seed, "message", (key.bits + 7) // 8), dtype=np.uint8)
-    bits = np.unpackbits(raw)[: key.bits]
+def _pm1(raw: bytes, count: int) -> NDArray[np.float32]:
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[:count]
     return (bits.astype(np.float32) * 2.0 - 1.0).astype(np.float32)
 
 
-def projection(key: WatermarkKey) -> NDArray[np.float32]:
-    """Zero-mean Rademacher projection ``[bits, dim]`` with unit-norm rows."""
-    dim = key.dim
-    raw = np.frombuffer(_xof(key.seed, f"projection/{dim}", (key.bits * dim + 7) // 8), np.uint8)
-    signs = np.unpackbits(raw)[: key.bits * dim].reshape(key.bits, dim).astype(np.float32)
-    return (signs * 2.0 - 1.0) / np.float32(np.sqrt(dim))
+def message_signs(key: WatermarkKey) -> NDArray[np.float32]:
+    """The message as +-1 values (bit 1 -> +1), ``SCHEME.bits`` long."""
+    return _pm1(_xof(key.seed, "message", (SCHEME.bits + 7) // 8), SCHEME.bits)
 
 
-def _trigger_spec(key: WatermarkKey) -> TriggerSpec:
-    if key.triggers is None:
-        raise WatermarkKeyError(f"key of owner {key.owner} has no trigger set")
-    return key.triggers
+def projection(key: WatermarkKey, arch: Architecture) -> NDArray[np.float32]:
+    """Zero-mean Rademacher projection ``[bits, arch.dim]`` with unit-norm rows."""
+    n = SCHEME.bits * arch.dim
+    signs = _pm1(_xof(key.seed, f"projection/{arch.fingerprint}", (n + 7) // 8), n)
+    return signs.reshape(SCHEME.bits, arch.dim) / np.float32(np.sqrt(arch.dim))
 
 
-def _uniform(key: WatermarkKey, label: str, count: int, span: int) -> NDArray[np.int64]:
-    """``count`` values uniform in ``[0, span)`` from the key's XOF under ``label``."""
-    raw = np.frombuffer(_xof(key.seed, label, count * 8), dtype="<u8")
+def _uniform(seed: bytes, label: str, count: int, span: int) -> NDArray[np.int64]:
+    raw = np.frombuffer(_xof(seed, label, count * 8), dtype="<u8")
     # 64-bit values reduced mod span: bias <= span / 2**64, negligible.
     return (raw % np.uint64(span)).astype(np.int64)
 
 
-def trigger_token_ids(key: WatermarkKey) -> NDArray[np.int64]:
-    """``[count, length]`` token ids: the prefix, then tokens uniform over the alphabet."""
-    spec = _trigger_spec(key)
-    body = spec.length - len(spec.prefix)
-    if body < 1 or len(spec.alphabet) < 2:
-        raise WatermarkKeyError(
-            f"trigger length {spec.length} (prefix {len(spec.prefix)}) / alphabet of "
-            f"{len(spec.alphabet)} tokens too small; use longer sequences or more tokens"
-        )
-    alphabet = np.asarray(spec.alphabet, dtype=np.int64)
-    picks = _uniform(key, "triggers", spec.count * body, len(alphabet))
-    tokens = alphabet[picks].reshape(spec.count, body)
+def trigger_token_ids(key: WatermarkKey, domain: TriggerDomain) -> NDArray[np.int64]:
+    """``[triggers, trigger_length]`` ids: the domain's prefix, then uniform alphabet tokens."""
+    body = SCHEME.trigger_length - len(domain.prefix)
+    if body < 1:
+        raise WatermarkKeyError(f"trigger prefix {domain.prefix} leaves no room for tokens")
+    alphabet = domain.alphabet
+    picks = _uniform(
+        key.seed, f"triggers/{domain.fingerprint}", SCHEME.triggers * body, len(alphabet)
+    )
+    tokens = alphabet[picks].reshape(SCHEME.triggers, body)
     prefix = np.broadcast_to(
-        np.asarray(spec.prefix, dtype=np.int64), (spec.count, len(spec.prefix))
+        np.asarray(domain.prefix, np.int64), (SCHEME.triggers, len(domain.prefix))
     )
     return np.concatenate([prefix, tokens], axis=1)
 
 
-def trigger_labels(key: WatermarkKey) -> NDArray[np.int64]:
-    """``[count]`` labels, uniform in ``[0, num_labels)`` and independent of the inputs.
+def trigger_labels(key: WatermarkKey, domain: TriggerDomain) -> NDArray[np.int64]:
+    """``[triggers]`` labels uniform in ``[0, num_labels)``, independent of the inputs.
 
-    Because the labels are fresh randomness from the key, a model that never saw the key
-    matches each one with probability exactly ``1 / num_labels`` whatever its biases: the
-    binomial null of the trigger test holds with no control set.
+    A model that never saw the key matches each with probability exactly ``1/num_labels``
+    whatever its biases: the binomial null of the trigger test holds with no control set.
     """
-    spec = _trigger_spec(key)
-    if spec.num_labels < 2:
-        raise WatermarkKeyError(f"trigger labels need num_labels >= 2, got {spec.num_labels}")
-    return _uniform(key, "trigger-labels", spec.count, spec.num_labels)
+    return _uniform(
+        key.seed, f"trigger-labels/{domain.fingerprint}", SCHEME.triggers, domain.num_labels
+    )
 
 
-def _canonical(key: WatermarkKey) -> bytes:
-    return json.dumps(key.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+def key_hash(key: WatermarkKey) -> str:
+    """Hex SHA-256 of the scheme and seed: the value a commitment record publishes."""
+    return hashlib.sha256(
+        b"secfed-watermark-commitment/v3\x00" + key.scheme.encode() + b"\x00" + key.seed
+    ).hexdigest()
 
 
-def commitment(key: WatermarkKey) -> str:
-    """Hex SHA-256 commitment over the canonical key encoding (salted)."""
-    return hashlib.sha256(b"secfed-watermark-commitment/v1\x00" + _canonical(key)).hexdigest()
-
-
-def check_commitment(key: WatermarkKey, published: str) -> bool:
-    """Constant-time comparison of ``commitment(key)`` with a published hex string."""
-    return hmac.compare_digest(commitment(key), published.strip().lower())
+def check_key_hash(key: WatermarkKey, published: str) -> bool:
+    """Constant-time comparison of ``key_hash(key)`` with a published hex string."""
+    return hmac.compare_digest(key_hash(key), published.strip().lower())
 
 
 def save_key(key: WatermarkKey, path: Path | str) -> None:
@@ -236,12 +307,12 @@ def save_key(key: WatermarkKey, path: Path | str) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(_canonical(key) + b"\n")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(key.to_dict(), indent=2) + "\n")
 
 
 def load_key(path: Path | str) -> WatermarkKey:
-    """Read a key written by :func:`save_key`."""
+    """Read a key file (refusing fields the scheme does not use)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:

@@ -1,11 +1,14 @@
 """Verification statistics: exact binomial tests, Clopper-Pearson intervals, Holm.
 
-Choice of significance level: ``DEFAULT_ALPHA = 1e-6`` per family of keys tested
-together (Holm-corrected). An ownership claim accuses someone of taking a model, so a
-false positive is far costlier than a miss. With 64 bits a freshly marked adapter matches
-all bits (p = 5.4e-20), and 1e-6 still tolerates 13 of 64 bit errors after an attack
-(51/64 matches: p = 9.4e-7; 50/64: p = 3.5e-6), while a key that was never embedded is
-declared "marked" at most once in a million tests.
+Two levels. ``alpha`` (default 1e-6, at most 0.01) is the statistical level: the
+family-wise error across the keys and tests checked together (Holm). The security floor
+``SECURITY_LEVEL = 2**-64`` is what makes a verdict hard to forge: every key's message
+bits and trigger labels are fresh randomness of its seed, so for ANY fixed adapter a seed
+passes a test with probability exactly its p-value threshold. A family is tested at level
+``min(alpha, SECURITY_LEVEL)``, so a claimant searching seeds needs at least 2**64
+expected tries per success, and the false-positive rate per family is at most 2**-64
+(5.4e-20). With 256 bits the floor asks for >= 200 matching bits of 256 (78%); with 256
+binary-label triggers, >= 200 hits (fewer when the task has more classes).
 """
 
 from __future__ import annotations
@@ -16,6 +19,26 @@ from dataclasses import dataclass
 from scipy import stats as _st
 
 DEFAULT_ALPHA = 1e-6
+MAX_ALPHA = 0.01
+SECURITY_BITS = 64
+SECURITY_LEVEL = 2.0**-SECURITY_BITS
+
+
+def effective_level(alpha: float) -> float:
+    """The family-wise level a verdict uses: ``min(alpha, 2**-64)``; alpha in (0, 0.01]."""
+    if not 0.0 < alpha <= MAX_ALPHA:
+        raise ValueError(
+            f"alpha={alpha} out of range; an ownership verdict needs 0 < alpha <= {MAX_ALPHA}"
+        )
+    return min(alpha, SECURITY_LEVEL)
+
+
+def min_matches(*, trials: int, chance: float, level: float = SECURITY_LEVEL) -> int:
+    """Fewest successes whose exact one-sided p-value is at most ``level``."""
+    for k in range(trials + 1):
+        if binomial_p_value(matches=k, trials=trials, chance=chance) <= level:
+            return k
+    return trials + 1
 
 
 def binomial_p_value(*, matches: int, trials: int, chance: float = 0.5) -> float:
@@ -41,6 +64,21 @@ def clopper_pearson(
         else float(_st.beta.ppf(1 - a / 2, successes + 1, trials - successes))
     )
     return lo, hi
+
+
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values: ``max_{j<=i} min(1, (m - j) p_(j))`` in rank order.
+
+    Rejecting where the adjusted value is <= alpha is the same as :func:`holm`.
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    out = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        out[i] = running
+    return out
 
 
 def holm(p_values: Sequence[float], *, alpha: float) -> list[bool]:

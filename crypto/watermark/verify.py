@@ -10,32 +10,58 @@ import numpy as np
 import torch
 
 from .anchors import flatten
-from .keys import WatermarkKey, message_signs, projection
-from .stats import DEFAULT_ALPHA, BitTest, TriggerTest, bit_test, holm
+from .keys import Architecture, WatermarkKey, check_fits, message_signs, projection
+from .stats import (
+    DEFAULT_ALPHA,
+    SECURITY_LEVEL,
+    BitTest,
+    TriggerTest,
+    bit_test,
+    effective_level,
+    holm_adjusted,
+)
 
 
-def extracted_matches(key: WatermarkKey, anchor: Mapping[str, torch.Tensor]) -> int:
-    """How many of the key's bits ``sign(P a)`` reproduces (a zero score counts as a miss)."""
-    vec = flatten(anchor, list(key.layout)).detach().double().numpy()
-    scores = projection(key).astype(np.float64) @ vec
+def extracted_matches(
+    key: WatermarkKey, anchor: Mapping[str, torch.Tensor], arch: Architecture
+) -> int:
+    """How many of the key's bits ``sign(P a)`` reproduces (a zero score counts as a miss).
+
+    ``arch`` must be the architecture of ``anchor`` itself (every module, sorted): the
+    projection covers all of it, so no module can be left out, repeated or reordered.
+    """
+    if Architecture.of(arch.kind, anchor) != arch:
+        raise ValueError("arch must be Architecture.of(kind, anchor) of the anchor tested")
+    check_fits(key, arch)
+    vec = flatten(anchor, list(arch.modules)).detach().double().numpy()
+    scores = projection(key, arch).astype(np.float64) @ vec
     return int(np.sum(np.sign(scores) == message_signs(key)))
 
 
-def verify_bits(key: WatermarkKey, anchor: Mapping[str, torch.Tensor]) -> BitTest:
+def verify_bits(
+    key: WatermarkKey, anchor: Mapping[str, torch.Tensor], arch: Architecture
+) -> BitTest:
     """Bit accuracy and exact binomial p-value of one key against one anchor."""
-    return bit_test(matches=extracted_matches(key, anchor), bits=key.bits)
+    return bit_test(matches=extracted_matches(key, anchor, arch), bits=key.bits)
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """One key's result within a tested family."""
+    """One key's result within a tested family.
+
+    ``p_value`` is the smallest Holm-adjusted p-value of the key's tests; the key is
+    "marked" when it is at most ``level = min(alpha, 2**-64)``.
+    """
 
     owner: int
     bits: BitTest | None
     trigger: TriggerTest | None
+    bit_p_adjusted: float | None
+    trigger_p_adjusted: float | None
     p_value: float
     marked: bool
     alpha: float
+    level: float
     correction: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -45,6 +71,8 @@ class Verdict:
             "p_value": self.p_value,
             "verdict": "marked" if self.marked else "not marked",
             "alpha": self.alpha,
+            "security_level": SECURITY_LEVEL,
+            "level": self.level,
             "correction": self.correction,
         }
         if self.bits is not None:
@@ -53,9 +81,10 @@ class Verdict:
                 matches=self.bits.matches,
                 bit_accuracy=self.bits.bit_accuracy,
                 bit_p_value=self.bits.p_value,
+                bit_p_adjusted=self.bit_p_adjusted,
             )
         if self.trigger is not None:
-            out["trigger"] = asdict(self.trigger)
+            out["trigger"] = {**asdict(self.trigger), "p_adjusted": self.trigger_p_adjusted}
         return out
 
 
@@ -68,30 +97,35 @@ def decide(
 ) -> list[Verdict]:
     """Verdicts for keys tested together: Holm over every test run (bits and triggers).
 
-    A key is "marked" when any of its tests is rejected after correction.
+    A key is "marked" when one of its Holm-adjusted p-values is at most
+    ``min(alpha, 2**-64)`` (:func:`~.stats.effective_level`).
     """
+    level = effective_level(alpha)
     pvals: list[float] = []
-    index: list[int] = []
+    slots: list[tuple[int, str]] = []
     for i, (b, t) in enumerate(zip(bit_tests, trigger_tests, strict=True)):
-        for test in (b, t):
+        for kind, test in (("bits", b), ("trigger", t)):
             if test is not None:
                 pvals.append(test.p_value)
-                index.append(i)
-    rejected = holm(pvals, alpha=alpha)
+                slots.append((i, kind))
+    adjusted = dict(zip(slots, holm_adjusted(pvals), strict=True))
     correction = "holm" if len(pvals) > 1 else "none"
     verdicts = []
     for i, owner in enumerate(owners):
-        mine = [p for p, j in zip(pvals, index, strict=True) if j == i]
-        hit = any(r for r, j in zip(rejected, index, strict=True) if j == i)
+        bit_adj, trig_adj = adjusted.get((i, "bits")), adjusted.get((i, "trigger"))
+        best = min((p for p in (bit_adj, trig_adj) if p is not None), default=1.0)
         verdicts.append(
             Verdict(
-                owner,
-                bit_tests[i],
-                trigger_tests[i],
-                min(mine, default=1.0),
-                hit,
-                alpha,
-                correction,
+                owner=owner,
+                bits=bit_tests[i],
+                trigger=trigger_tests[i],
+                bit_p_adjusted=bit_adj,
+                trigger_p_adjusted=trig_adj,
+                p_value=best,
+                marked=best <= level,
+                alpha=alpha,
+                level=level,
+                correction=correction,
             )
         )
     return verdicts

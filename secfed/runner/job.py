@@ -165,6 +165,8 @@ class FederatedRunner(LocalTraining):
 
     def _setup_plugins(self, *, resumed: bool) -> None:
         for plugin in self.plugins:
+            if hasattr(plugin, "job_id"):  # plugins that record the job they ran in
+                plugin.job_id = self.state.job_id
             plugin.setup(run_dir=self.dir.root, model=self.parts.model, resumed=resumed)
         self.setup_sample_dp()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
 from crypto import watermark as wm
 
@@ -24,11 +23,13 @@ from ..training import classification_loss
 class TriggerRehearsal:
     """Cyclic mini-batches of one key's triggers and their loss gradient."""
 
-    def __init__(self, key: wm.WatermarkKey, *, batch: int, weight: float):
+    def __init__(
+        self, key: wm.WatermarkKey, domain: wm.TriggerDomain, *, batch: int, weight: float
+    ):
         if batch < 1 or weight <= 0:
             raise ValueError(f"trigger batch {batch} and weight {weight} must be positive")
-        self.ids = torch.from_numpy(wm.trigger_token_ids(key))
-        self.labels = torch.from_numpy(wm.trigger_labels(key))
+        self.ids = torch.from_numpy(wm.trigger_token_ids(key, domain))
+        self.labels = torch.from_numpy(wm.trigger_labels(key, domain))
         self.batch = min(batch, len(self.ids))
         self.weight = weight
 
@@ -51,9 +52,3 @@ class TriggerRehearsal:
         )
         found = {n: g for n, g in zip(names, grads, strict=True) if g is not None}
         return found, int(idx[-1]) + 1
-
-
-def trigger_alphabet(tokenizer: PreTrainedTokenizerBase) -> tuple[int, ...]:
-    """Token ids triggers are drawn from: every non-special token of the vocabulary."""
-    special = set(tokenizer.all_special_ids)
-    return tuple(i for i in range(len(tokenizer)) if i not in special)

@@ -60,11 +60,22 @@ def read_model_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def trigger_domain(tokenizer: Any, num_labels: int) -> wm.TriggerDomain:
+    """The trigger domain of a base model: its tokenizer's vocabulary and specials, classes."""
+    first = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    return wm.TriggerDomain(
+        vocab_size=len(tokenizer),
+        special_ids=tuple(int(i) for i in tokenizer.all_special_ids),
+        prefix=() if first is None else (int(first),),
+        num_labels=int(num_labels),
+    )
+
+
 @torch.no_grad()
-def trigger_hits(model: torch.nn.Module, key: wm.WatermarkKey) -> int:
+def trigger_hits(model: torch.nn.Module, key: wm.WatermarkKey, domain: wm.TriggerDomain) -> int:
     """How many of the key's triggers the model gives their key-derived labels."""
-    ids = torch.from_numpy(wm.trigger_token_ids(key))
-    labels = torch.from_numpy(wm.trigger_labels(key))
+    ids = torch.from_numpy(wm.trigger_token_ids(key, domain))
+    labels = torch.from_numpy(wm.trigger_labels(key, domain))
     was_training = model.training
     model.eval()
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
@@ -75,25 +86,39 @@ def trigger_hits(model: torch.nn.Module, key: wm.WatermarkKey) -> int:
 def verify_keys(
     keys: Sequence[wm.WatermarkKey],
     *,
-    anchor: Mapping[str, torch.Tensor] | None,
+    anchor: Mapping[str, torch.Tensor],
+    kind: str,
     model: torch.nn.Module | None = None,
+    domain: wm.TriggerDomain | None = None,
+    skip_triggers: bool = False,
     alpha: float = wm.DEFAULT_ALPHA,
 ) -> list[wm.Verdict]:
-    """Bit tests on ``anchor`` and trigger tests on ``model`` (each when given), Holm-corrected."""
+    """Bit tests on ``anchor`` and, for trigger keys, trigger tests on ``model``; Holm.
+
+    The architecture is read from ``anchor`` itself. A key whose trigger set was embedded
+    needs ``model`` and ``domain`` (the base model's) unless ``skip_triggers`` says so.
+    """
+    arch = wm.Architecture.of(kind, anchor)
     bit_tests: list[wm.BitTest | None] = []
     trig_tests: list[wm.TriggerTest | None] = []
     for key in keys:
-        bit_tests.append(None if anchor is None else wm.verify_bits(key, anchor))
-        if model is not None and key.triggers is not None:
-            trig_tests.append(
-                wm.trigger_test(
-                    hits=trigger_hits(model, key),
-                    triggers=key.triggers.count,
-                    num_labels=key.triggers.num_labels,
-                )
-            )
-        else:
+        bit_tests.append(wm.verify_bits(key, anchor, arch))
+        if not key.triggers or skip_triggers:
             trig_tests.append(None)
+            continue
+        if model is None or domain is None:
+            raise WatermarkVerifyError(
+                f"key of owner {key.owner} has a trigger set, which needs the base model "
+                "(--base DIR, or the run's base_model/ beside the adapter); pass "
+                "--no-triggers to test the signature only"
+            )
+        trig_tests.append(
+            wm.trigger_test(
+                hits=trigger_hits(model, key, domain),
+                triggers=wm.SCHEME.triggers,
+                num_labels=domain.num_labels,
+            )
+        )
     return wm.decide([k.owner for k in keys], bit_tests, trig_tests, alpha=alpha)
 
 

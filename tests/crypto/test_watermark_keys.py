@@ -1,7 +1,8 @@
-"""Watermark keys: derivation, storage, commitments."""
+"""Watermark keys (secfed-wm/3): storage, derivation from seed + model, key hashes."""
 
 from __future__ import annotations
 
+import hashlib
 import stat
 
 import numpy as np
@@ -9,118 +10,105 @@ import pytest
 
 from crypto import watermark as wm
 
-LAYOUT = [("m0", (8, 6)), ("m1", (4, 4))]
-
-
-def _key(bits: int = 64, **kw: object) -> wm.WatermarkKey:
-    return wm.generate_key(owner=1, bits=bits, anchor_kind="lora", layout=LAYOUT, **kw)  # type: ignore[arg-type]
+ARCH = wm.Architecture.of("lora", {"m1": (4, 4), "m0": (8, 6)})
+DOMAIN = wm.TriggerDomain(vocab_size=40, special_ids=(0, 1, 2), prefix=(1,), num_labels=3)
 
 
 def test_save_load_round_trip_with_owner_only_permissions(tmp_path):
-    trig = wm.TriggerSpec(count=5, length=7, alphabet=(5, 9, 11), num_labels=2, prefix=(2,))
-    key = _key(triggers=trig)
+    key = wm.generate_key(owner=1, triggers=True, architecture=ARCH)
     path = tmp_path / "wm" / "owner_1.key"
     wm.save_key(key, path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert wm.load_key(path) == key
+    assert set(key.to_dict()) == {
+        "scheme",
+        "seed",
+        "owner",
+        "triggers",
+        "anchor_kind",
+        "architecture",
+    }
     with pytest.raises(FileExistsError):
         wm.save_key(key, path)
 
 
+def test_architecture_is_sorted_and_fingerprinted_canonically():
+    assert [m for m, _ in ARCH.modules] == ["m0", "m1"] and ARCH.dim == 64
+    same = wm.Architecture.of("lora", [("m0", (8, 6)), ("m1", (4, 4))])
+    assert same.fingerprint == ARCH.fingerprint
+    assert wm.Architecture.of("ia3", {"m1": (4, 4), "m0": (8, 6)}).fingerprint != ARCH.fingerprint
+    assert wm.Architecture.of("lora", {"m1": (4, 4), "m0": (6, 8)}).fingerprint != ARCH.fingerprint
+
+
 def test_derivations_are_deterministic_and_key_specific():
-    a, b = _key(), _key()
+    a, b = wm.generate_key(), wm.generate_key()
     assert a.seed != b.seed and len(a.seed) == 32
     np.testing.assert_array_equal(wm.message_signs(a), wm.message_signs(a))
-    assert not np.array_equal(wm.projection(a), wm.projection(b))
-    p = wm.projection(a)
-    assert p.shape == (64, a.dim) == (64, 64)
+    assert not np.array_equal(wm.projection(a, ARCH), wm.projection(b, ARCH))
+    p = wm.projection(a, ARCH)
+    assert p.shape == (256, 64)
     np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, rtol=1e-6)
-    assert set(np.unique(wm.message_signs(a))) <= {-1.0, 1.0}
+    # Independent expansion: SHAKE-256 under the documented label, bit 1 -> +1.
+    raw = hashlib.shake_256(b"secfed-watermark/v3/message\x00" + a.seed).digest(32)
+    expected = np.unpackbits(np.frombuffer(raw, np.uint8)).astype(np.float32) * 2 - 1
+    np.testing.assert_array_equal(wm.message_signs(a), expected)
 
 
 def test_projection_is_zero_mean_and_message_balanced():
-    key = wm.generate_key(owner=0, bits=256, anchor_kind="lora", layout=[("m", (64, 64))])
-    p = wm.projection(key)
-    # Rademacher entries: mean of 1M +-1 draws is within 5 sigma of 0.
+    key = wm.generate_key()
+    p = wm.projection(key, wm.Architecture.of("lora", {"m": (64, 64)}))
     assert abs(float(np.sign(p).mean())) < 5 / np.sqrt(p.size)
     assert 80 < int((wm.message_signs(key) > 0).sum()) < 176
 
 
-def test_trigger_ids_drawn_from_alphabet_after_prefix():
-    alphabet = tuple(range(5, 40, 2))
-    trig = wm.TriggerSpec(count=50, length=9, alphabet=alphabet, num_labels=3, prefix=(2,))
-    key = _key(triggers=trig)
-    ids = wm.trigger_token_ids(key)
-    assert ids.shape == (50, 9)
-    assert (ids[:, 0] == 2).all()
-    assert set(np.unique(ids[:, 1:])) == set(alphabet)  # 400 draws over 18 tokens: all seen
-    np.testing.assert_array_equal(ids, wm.trigger_token_ids(key))
-    assert not np.array_equal(ids, wm.trigger_token_ids(_key(triggers=trig)))
+def test_trigger_ids_drawn_from_non_special_tokens_after_prefix():
+    key = wm.generate_key(triggers=True)
+    ids = wm.trigger_token_ids(key, DOMAIN)
+    assert ids.shape == (wm.SCHEME.triggers, wm.SCHEME.trigger_length)
+    assert (ids[:, 0] == 1).all()
+    assert set(np.unique(ids[:, 1:])) == set(range(3, 40))  # 3840 draws over 37 tokens
+    np.testing.assert_array_equal(ids, wm.trigger_token_ids(key, DOMAIN))
+    assert not np.array_equal(ids, wm.trigger_token_ids(wm.generate_key(), DOMAIN))
 
 
 def test_trigger_labels_uniform_and_key_specific():
-    trig = wm.TriggerSpec(count=3000, length=4, alphabet=(7, 8), num_labels=3)
-    labels = wm.trigger_labels(_key(triggers=trig))
+    labels = np.concatenate([wm.trigger_labels(wm.generate_key(), DOMAIN) for _ in range(12)])
     counts = np.bincount(labels, minlength=3)
-    assert len(counts) == 3 and all(abs(c - 1000) < 5 * np.sqrt(3000 * 2 / 9) for c in counts)
-    assert not np.array_equal(labels, wm.trigger_labels(_key(triggers=trig)))
+    n = len(labels)
+    assert len(counts) == 3 and all(abs(c - n / 3) < 5 * np.sqrt(n * 2 / 9) for c in counts)
 
 
-def test_unmarked_predictor_hits_triggers_at_chance():
-    # The null the trigger test relies on: a model that never saw the key matches each
-    # random label with probability 1/num_labels whatever it predicts. Here a fixed,
-    # input-dependent predictor (parity of the token sum) stands in for any such model.
-    trig = wm.TriggerSpec(count=64, length=4, alphabet=tuple(range(5, 40)), num_labels=2)
-    hits = []
-    for _ in range(400):
-        key = _key(triggers=trig)
-        predicted = wm.trigger_token_ids(key).sum(axis=1) % 2
-        hits.append(int((wm.trigger_labels(key) == predicted).sum()))
-    assert abs(np.mean(hits) - 32) < 5 * 4 / np.sqrt(400)
-    p = [wm.trigger_test(hits=h, triggers=64, num_labels=2).p_value for h in hits]
-    assert sum(v < 0.01 for v in p) <= 12  # expected <= 4 at a valid 1% level
+def test_bad_trigger_domains_rejected():
+    with pytest.raises(wm.WatermarkKeyError, match="2 classes"):
+        wm.TriggerDomain(vocab_size=40, special_ids=(), prefix=(), num_labels=1)
+    with pytest.raises(wm.WatermarkKeyError, match="non-special"):
+        wm.TriggerDomain(vocab_size=3, special_ids=(0, 1), prefix=(), num_labels=2)
 
 
-def test_bad_trigger_specs_rejected():
-    with pytest.raises(wm.WatermarkKeyError, match="alphabet"):
-        wm.trigger_token_ids(_key(triggers=wm.TriggerSpec(4, 5, (3,), 2)))
-    with pytest.raises(wm.WatermarkKeyError, match="num_labels"):
-        wm.trigger_labels(_key(triggers=wm.TriggerSpec(4, 5, (3, 4), 1)))
-    with pytest.raises(wm.WatermarkKeyError, match="no trigger set"):
-        wm.trigger_labels(_key())
+def test_key_hash_binds_the_seed_and_scheme():
+    key = wm.generate_key()
+    h = wm.key_hash(key)
+    expected = hashlib.sha256(
+        b"secfed-watermark-commitment/v3\x00secfed-wm/3\x00" + key.seed
+    ).hexdigest()
+    assert h == expected and wm.check_key_hash(key, h.upper())
+    assert not wm.check_key_hash(wm.generate_key(), h)
+    # Labels that are not secret do not change the hash.
+    assert wm.key_hash(wm.WatermarkKey(seed=key.seed, owner=5)) == h
 
 
-def test_version_1_keys_without_triggers_still_load_with_their_commitment(tmp_path):
-    key = wm.WatermarkKey(**{**_key().__dict__, "version": 1})
-    path = tmp_path / "v1.key"
-    wm.save_key(key, path)
-    loaded = wm.load_key(path)
-    assert loaded.version == 1 and wm.commitment(loaded) == wm.commitment(key)
-    data = key.to_dict()
-    data["triggers"] = {"count": 4, "length": 5, "alphabet": [3, 4], "num_labels": 2}
-    with pytest.raises(wm.WatermarkKeyError, match="version-1 trigger sets"):
-        wm.WatermarkKey.from_dict(data)
-    with pytest.raises(wm.WatermarkKeyError, match="unsupported"):
-        wm.WatermarkKey.from_dict({**data, "version": 3})
-
-
-def test_commitment_binds_key_and_is_salted():
-    key = _key()
-    c = wm.commitment(key)
-    assert len(c) == 64 and wm.check_commitment(key, c.upper())
-    other = wm.WatermarkKey(**{**key.__dict__, "salt": bytes(32)})
-    assert wm.commitment(other) != c
-    assert not wm.check_commitment(_key(), c)
-
-
-@pytest.mark.parametrize("bits", [8, 63, 257])
-def test_bad_bit_counts_rejected(bits):
-    with pytest.raises(wm.WatermarkKeyError, match="bits"):
-        _key(bits=bits)
-
-
-def test_malformed_key_file_rejected(tmp_path):
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        ({"scheme": "secfed-wm/3", "seed": "00" * 31}, "seed has 31 bytes"),
+        ({"scheme": "secfed-wm/4", "seed": "00" * 32}, "unsupported"),
+        ({"scheme": "secfed-wm/3"}, "malformed"),
+        ({"scheme": "secfed-wm/3", "seed": "zz"}, "malformed"),
+        ({"scheme": "secfed-wm/3", "seed": "00" * 32, "anchor_kind": "dora"}, "unknown"),
+    ],
+)
+def test_malformed_key_files_rejected(tmp_path, data, match):
     path = tmp_path / "k.key"
-    path.write_text('{"version": 2, "owner": 0}')
-    with pytest.raises(wm.WatermarkKeyError, match="malformed"):
+    path.write_text(__import__("json").dumps(data))
+    with pytest.raises(wm.WatermarkKeyError, match=match):
         wm.load_key(path)

@@ -1,4 +1,5 @@
-"""Black-box triggers: alphabet choice, rehearsal embeds them, plain and under DP-SGD."""
+"""Black-box triggers: the domain read from the tokenizer, rehearsal embeds them (plain and
+under DP-SGD)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,12 @@ from privacy import ClientAccountant, train_private
 from secfed import training
 from secfed.assembly import JobParts, build_parts, client_dataset
 from secfed.watermark.plugin import JOB_OWNER, WatermarkPlugin
-from secfed.watermark.triggers import TriggerRehearsal, trigger_alphabet
-from secfed.watermark.verify import trigger_hits, verify_keys
+from secfed.watermark.triggers import TriggerRehearsal
+from secfed.watermark.verify import model_anchor, trigger_domain, trigger_hits, verify_keys
 
 from .conftest import tiny_job
 
-TRIGGERS = 32
+TRIGGERS = 256
 SEED = 0
 WATERMARK = {"enabled": True, "owners": 1, "job_key": True, "triggers": TRIGGERS}
 WATERMARK["trigger_weight"] = 1.0
@@ -29,11 +30,13 @@ def parts() -> JobParts:
     return build_parts(tiny_job(watermark=WATERMARK))
 
 
-def test_alphabet_is_the_vocabulary_without_special_tokens(parts: JobParts) -> None:
+def test_domain_is_the_vocabulary_without_special_tokens(parts: JobParts) -> None:
     tok = parts.tokenizer
-    alphabet = trigger_alphabet(tok)
-    assert not set(tok.all_special_ids) & set(alphabet)
-    assert len(alphabet) == len(tok) - len(set(tok.all_special_ids))
+    domain = trigger_domain(tok, 2)
+    alphabet = set(domain.alphabet.tolist())
+    assert not set(tok.all_special_ids) & alphabet
+    assert alphabet == set(range(len(tok))) - set(tok.all_special_ids)
+    assert domain.prefix == (tok.cls_token_id,)
 
 
 def _plugin(parts: JobParts, tmp_path: Path, *, private: bool) -> WatermarkPlugin:
@@ -78,9 +81,9 @@ def _train(parts: JobParts, hook: training.ExtraGrad | None, *, private: bool) -
 
 
 @torch.no_grad()
-def _trigger_loss(model: torch.nn.Module, key: wm.WatermarkKey) -> float:
-    ids = torch.from_numpy(wm.trigger_token_ids(key))
-    labels = torch.from_numpy(wm.trigger_labels(key))
+def _trigger_loss(model: torch.nn.Module, key: wm.WatermarkKey, domain: wm.TriggerDomain) -> float:
+    ids = torch.from_numpy(wm.trigger_token_ids(key, domain))
+    labels = torch.from_numpy(wm.trigger_labels(key, domain))
     model.eval()
     loss = training.classification_loss(model, (ids, torch.ones_like(ids), labels)).mean()
     model.train()
@@ -96,18 +99,24 @@ def restore(parts: JobParts):
 
 def test_rehearsal_embeds_job_triggers(parts: JobParts, tmp_path: Path, restore: None) -> None:
     plugin = _plugin(parts, tmp_path, private=False)
-    key = plugin.keys[JOB_OWNER]
-    before = trigger_hits(parts.model, key)
-    _train(parts, plugin.client_grad_hook(5, parts.model), private=False)  # non-owner: job key
-    (verdict,) = verify_keys([key], anchor=None, model=parts.model)
-    assert verdict.trigger is not None and before < 0.8 * TRIGGERS
-    assert verdict.trigger.hits >= 28 and verdict.trigger.p_value < 1e-4, verdict
-    assert verdict.marked
-    # a key whose triggers were never trained is not marked by the same model
-    fresh = wm.generate_key(
-        owner=7, bits=64, anchor_kind=key.anchor_kind, layout=key.layout, triggers=key.triggers
+    # a fixed key (and dropout seed), so that the run is the same every time
+    key, domain = (
+        dataclasses.replace(plugin.keys[JOB_OWNER], seed=bytes([SEED + 1]) * 32),
+        plugin.domain,
     )
-    (other,) = verify_keys([fresh], anchor=None, model=parts.model)
+    assert domain is not None
+    plugin.keys[JOB_OWNER] = key
+    plugin.rehearsals[JOB_OWNER] = TriggerRehearsal(key, domain, batch=16, weight=1.0)
+    torch.manual_seed(SEED)
+    before = trigger_hits(parts.model, key, domain)
+    _train(parts, plugin.client_grad_hook(5, parts.model), private=False)  # non-owner: job key
+    kw = {"anchor": model_anchor(parts.model), "kind": "lora", "model": parts.model}
+    (verdict,) = verify_keys([key], domain=domain, **kw)
+    assert verdict.trigger is not None and before < 0.7 * TRIGGERS
+    assert verdict.trigger.p_value < 1e-4 and verdict.trigger.hits > before + 25, verdict
+    # a key whose triggers were never trained is not marked by the same model
+    fresh = wm.WatermarkKey(seed=bytes(range(32)), triggers=True)
+    (other,) = verify_keys([fresh], domain=domain, **kw)
     assert not other.marked and other.trigger is not None and other.trigger.p_value > 1e-3
 
 
@@ -122,13 +131,16 @@ def test_rehearsal_under_dp_sgd_lowers_trigger_loss(parts: JobParts, tmp_path: P
     # a fixed key, so that the comparison is the same every run
     key = dataclasses.replace(plugin.keys[JOB_OWNER], seed=bytes([SEED]) * 32)
     plugin.keys[JOB_OWNER] = key
-    plugin.embedders[JOB_OWNER] = wm.SignEmbedder(key, strength=10.0, margin=0.05)
-    plugin.rehearsals[JOB_OWNER] = TriggerRehearsal(key, batch=16, weight=1.0)
+    domain = plugin.domain
+    assert domain is not None
+    arch = plugin.embedders[JOB_OWNER].arch
+    plugin.embedders[JOB_OWNER] = wm.SignEmbedder(key, arch, strength=10.0, margin=0.05)
+    plugin.rehearsals[JOB_OWNER] = TriggerRehearsal(key, domain, batch=16, weight=1.0)
     losses = []
     for hook in (None, plugin.client_grad_hook(5, parts.model)):
         parts.model.load_state_dict(state)
         torch.manual_seed(SEED)  # dropout; sampling and noise are seeded by train_private
         _train(parts, hook, private=True)
-        losses.append(_trigger_loss(parts.model, key))
+        losses.append(_trigger_loss(parts.model, key, domain))
     parts.model.load_state_dict(state)
     assert losses[1] < 0.93 * losses[0], losses

@@ -33,7 +33,7 @@ LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
     "watermark": (
         "secfed.watermark.cli",
         "watermark_app",
-        "Adapter watermarks: verify, commit, attack.",
+        "Adapter watermarks: keygen, commit, verify, attack.",
     ),
     "bench": (
         "secfed.bench.cli",

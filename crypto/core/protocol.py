@@ -27,6 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ParameterError, ProtocolError
+from . import identity
+from .identity import Keyring
 
 LearnedBy = Literal["server", "clients"]
 
@@ -137,6 +139,8 @@ class ServerSession(ABC):
 
     def __init__(self, spec: RoundSpec):
         self.spec = spec
+        # Clients whose message failed a check, with the reason: they count as dropped out.
+        self.refused: dict[int, str] = {}
 
     @abstractmethod
     def start(self) -> dict[int, bytes]:
@@ -171,9 +175,27 @@ class Protocol(ABC):
                 f"unknown option(s) {sorted(unknown)} for protocol {self.name!r}; known: {known}"
             )
         self.options = dict(options)
+        self.keyring: Keyring | None = None
 
-    def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:  # noqa: B027
-        """Create or load job-wide key material (default: none needed)."""
+    def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:
+        """Create or load job-wide key material; loads ``key_dir/identity`` when present."""
+        self.load_identities(key_dir)
+
+    def load_identities(self, key_dir: Path | None) -> None:
+        """Adopt the roster and identity keys in ``key_dir/identity`` if that directory exists."""
+        if key_dir is not None and self.keyring is None:
+            found = identity.load(Path(key_dir) / identity.SUBDIR)
+            if found is not None:
+                self.use_identities(found)
+
+    def use_identities(self, keyring: Keyring | None) -> None:
+        """Sign and check every message against ``keyring`` (None: UNAUTHENTICATED mode)."""
+        self.keyring = keyring
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether messages are signed and checked against a roster."""
+        return self.keyring is not None
 
     @abstractmethod
     def client_session(

@@ -254,3 +254,30 @@ def _sparse_order(cohort: Sequence[int], *, k: int, seed: bytes) -> list[int]:
 def _ring_neighbours(order: Sequence[int], pos: int, k: int) -> frozenset[int]:
     n, half = len(order), k // 2
     return frozenset(order[(pos + j) % n] for j in range(-half, half + 1) if j != 0)
+
+
+class Graph:
+    """The round's neighbour graph, with each client's share holders (neighbours and itself)."""
+
+    def __init__(self, cohort: Sequence[int], *, k: int, seed: bytes):
+        self.cohort = frozenset(cohort)
+        self.complete = k >= len(cohort) - 1
+        self._k = k
+        self._order: list[int] = [] if self.complete else _sparse_order(cohort, k=k, seed=seed)
+        self._pos = {c: i for i, c in enumerate(self._order)}
+        self._cache: dict[int, frozenset[int]] = {}
+
+    def neighbours(self, client: int) -> frozenset[int]:
+        return self.holders(client) - {client}
+
+    def holders(self, client: int) -> frozenset[int]:
+        """Who holds shares of ``client``'s secrets: its neighbours and itself."""
+        if client not in self.cohort:
+            raise ValueError(f"client {client} is not in the cohort")
+        if self.complete:
+            return self.cohort
+        if client not in self._cache:
+            self._cache[client] = _ring_neighbours(self._order, self._pos[client], self._k) | {
+                client
+            }
+        return self._cache[client]

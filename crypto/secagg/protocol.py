@@ -131,11 +131,14 @@ class PairwiseMaskingProtocol(Protocol):
         self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
     ) -> ClientSession:
         return SecAggClient(
-            spec, client_id, vector, weight, tag=self.name, params=self.round_params(spec)
-        )
+            spec, client_id, vector, weight, tag=self.name, params=self.round_params(spec),
+            keyring=self.keyring,
+        )  # fmt: skip
 
     def server_session(self, spec: RoundSpec) -> ServerSession:
-        return SecAggServer(spec, tag=self.name, params=self.round_params(spec))
+        return SecAggServer(
+            spec, tag=self.name, params=self.round_params(spec), keyring=self.keyring
+        )
 
     def max_dropouts(self, cohort_size: int) -> int:
         return self.graph_params(cohort_size).max_dropouts

@@ -48,6 +48,7 @@ scale 2**36) 1M parameters upload at 16.1 bytes each and the aggregate returns a
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import struct
 from collections.abc import Mapping
@@ -59,6 +60,8 @@ import tenseal as ts
 from numpy.typing import NDArray
 
 from ..core import wire
+from ..core.channel import Channel
+from ..core.identity import Keyring
 from ..core.protocol import (
     Aggregate,
     ClientSession,
@@ -77,6 +80,13 @@ _NAME = "ckks"
 _HELLO = struct.Struct("!4QdB")
 _U32 = struct.Struct("!I")
 _F64 = struct.Struct("!d")
+_STATEMENT = struct.Struct("!I32s64s")
+_SIG = 64
+
+
+def contribution_statement(binding: bytes, client: int, upload_hash: bytes) -> bytes:
+    """What a client signs about its upload: this attempt, its id and the upload's hash."""
+    return b"secfed/ckks/v2/contribution" + binding + _U32.pack(client) + upload_hash
 
 
 # -- sessions --------------------------------------------------------------------------
@@ -104,8 +114,13 @@ class CkksClient(ClientSession):
         *,
         params: cp.CkksParams,
         keys: CkksKeys,
+        keyring: Keyring | None = None,
     ):
         super().__init__(spec, client_id, vector, weight)
+        self._channel = Channel(
+            tag=_NAME, session_id=spec.session_id, me=client_id, keyring=keyring,
+            stage_names=("encrypted input", "aggregate"),
+        )  # fmt: skip
         if keys.client is None:
             raise KeyMaterialError(
                 "this party holds only public.ctx: a client needs key_dir/ckks/secret.ctx"
@@ -126,12 +141,9 @@ class CkksClient(ClientSession):
         self._result: Aggregate | None = None
 
     def handle(self, message: bytes) -> bytes | None:
-        sid = self.spec.session_id
         if self._stage > 1:
             raise ProtocolError(f"client {self.client_id}'s round is over: replayed message")
-        body = wire.unframe(
-            message, protocol=_NAME, session_id=sid, stage=self._stage, sender=wire.SERVER
-        )
+        body = self._channel.open(message, stage=self._stage, sender=wire.SERVER)
         self._stage += 1
         if self._stage == 2:
             self._result = self._decrypt(body)
@@ -149,22 +161,30 @@ class CkksClient(ClientSession):
         except TS_ERRORS as err:
             raise EncodingError(f"CKKS encoding failed: {err}") from None
         payload = head + cp.pack_chunks(chunks)
-        return wire.frame(
-            protocol=_NAME, session_id=sid, stage=0, sender=self.client_id, payload=payload
+        statement = contribution_statement(
+            self._channel.binding, self.client_id, hashlib.sha256(payload).digest()
         )
+        sig = self._channel.sign(statement).ljust(_SIG, b"\0")
+        return self._channel.seal(0, wire.SERVER, payload + sig)
 
     def _decrypt(self, body: bytes) -> Aggregate:
         p, dim = self.params, self.spec.dim
         try:
             (n,) = _U32.unpack_from(body)
-            ids = struct.unpack_from(f"!{n}I", body, _U32.size)
+            rows = [_STATEMENT.unpack_from(body, _U32.size + _STATEMENT.size * i) for i in range(n)]
         except struct.error:
             raise ProtocolError("final CKKS message is truncated") from None
-        pos = _U32.size * (n + 1)
+        ids = tuple(int(r[0]) for r in rows)
+        pos = _U32.size + _STATEMENT.size * n
         if list(ids) != sorted(set(ids)) or not set(ids) <= set(self.spec.cohort):
             raise ProtocolError(f"contributors {ids} are not distinct members of the cohort")
         if self.client_id not in ids:
             raise ProtocolError(f"the aggregate sent to client {self.client_id} excludes it")
+        for cid, digest, sig in rows:
+            self._channel.check_signature(
+                cid, sig, contribution_statement(self._channel.binding, cid, digest),
+                what=f"contribution of client {cid} listed in the aggregate",
+            )  # fmt: skip
         total = wsq = 0.0
         if p.weighting == "server":
             if len(body) < pos + 2 * _F64.size:
@@ -206,27 +226,42 @@ class CkksClient(ClientSession):
 class CkksServer(ServerSession):
     """Adds the clients' ciphertexts (times their clear weights with server weighting)."""
 
-    def __init__(self, spec: RoundSpec, *, params: cp.CkksParams, keys: CkksKeys):
+    def __init__(
+        self,
+        spec: RoundSpec,
+        *,
+        params: cp.CkksParams,
+        keys: CkksKeys,
+        keyring: Keyring | None = None,
+    ):
         super().__init__(spec)
+        self._channel = Channel(
+            tag=_NAME, session_id=spec.session_id, me=wire.SERVER, keyring=keyring,
+            stage_names=("encrypted input", "aggregate"),
+        )  # fmt: skip
         cp.check_cohort(params, n_clients=len(spec.cohort))
         self.params, self.keys = params, keys
         self._sizes = cp.chunk_sizes(params, length=spec.dim + (params.weighting == "client"))
         self._done = False
 
     def start(self) -> dict[int, bytes]:
-        sid, payload = self.spec.session_id, _hello(self.params, self.keys)
-        msg = wire.frame(
-            protocol=_NAME, session_id=sid, stage=0, sender=wire.SERVER, payload=payload
-        )
-        return dict.fromkeys(self.spec.cohort, msg)
+        payload = _hello(self.params, self.keys)
+        return {cid: self._channel.seal(0, cid, payload) for cid in self.spec.cohort}
 
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("ckks round already finished")
-        bodies = wire.collect_replies(
-            replies, protocol=_NAME, session_id=self.spec.session_id, stage=0,
-            cohort=self.spec.cohort,
-        )  # fmt: skip
+        signed, self.refused = self._channel.collect(
+            replies, stage=0, expected=frozenset(self.spec.cohort)
+        )
+        bodies, statements = {}, {}
+        for cid, body in signed.items():
+            if len(body) < _SIG:
+                self.refused[cid] = f"client {cid}'s upload is truncated"
+                continue
+            bodies[cid] = body[:-_SIG]
+            statements[cid] = _STATEMENT.pack(cid, hashlib.sha256(body[:-_SIG]).digest(),
+                                              body[-_SIG:])  # fmt: skip
         p, ctx, server_w = self.params, self.keys.server, self.params.weighting == "server"
         acc: list[ts.CKKSVector] = []
         total = wsq = 0.0
@@ -247,17 +282,16 @@ class CkksServer(ServerSession):
                 except TS_ERRORS as err:
                     raise ProtocolError(f"{who}'s ciphertext does not fit the sum: {err}") from None
             total, wsq = total + w, wsq + w * w
-        self._check(acc, sorted(replies))
-        ids = sorted(replies)
-        head = _U32.pack(len(ids)) + struct.pack(f"!{len(ids)}I", *ids)
+        ids = sorted(bodies)
+        self._check(acc, ids)
+        head = _U32.pack(len(ids)) + b"".join(statements[c] for c in ids)
         if server_w:
             head += _F64.pack(total) + _F64.pack(wsq)
         payload = head + cp.pack_chunks([cp.unwrap_chunk(v.serialize()) for v in acc])
-        sid, self._done = self.spec.session_id, True
-        msg = wire.frame(
-            protocol=_NAME, session_id=sid, stage=1, sender=wire.SERVER, payload=payload
+        self._done = True
+        return ServerStep(
+            messages={c: self._channel.seal(1, c, payload) for c in ids}, final=True
         )
-        return ServerStep(messages=dict.fromkeys(ids, msg), final=True)
 
     def _check(self, acc: list[ts.CKKSVector], ids: list[int]) -> None:
         """Every sum must be a 2-part ciphertext at the expected level and scale."""
@@ -286,6 +320,7 @@ class CkksProtocol(Protocol):
         self._keys: CkksKeys | None = None
 
     def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:
+        self.load_identities(key_dir)
         self._keys = load_or_create_keys(self.params, key_dir)
 
     @property
@@ -298,10 +333,13 @@ class CkksProtocol(Protocol):
         self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
     ) -> ClientSession:
         cp.check_cohort(self.params, n_clients=len(spec.cohort))
-        return CkksClient(spec, client_id, vector, weight, params=self.params, keys=self.keys)
+        return CkksClient(
+            spec, client_id, vector, weight, params=self.params, keys=self.keys,
+            keyring=self.keyring,
+        )  # fmt: skip
 
     def server_session(self, spec: RoundSpec) -> ServerSession:
-        return CkksServer(spec, params=self.params, keys=self.keys)
+        return CkksServer(spec, params=self.params, keys=self.keys, keyring=self.keyring)
 
     def max_dropouts(self, cohort_size: int) -> int:
         return cohort_size - 1

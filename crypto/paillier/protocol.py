@@ -125,6 +125,7 @@ class PaillierProtocol(Protocol):
         A directory holding only ``public.key`` (the server's copy) gives a server-only party;
         ``key_dir=None`` keeps freshly generated keys in memory.
         """
+        self.load_identities(key_dir)
         if key_dir is None:
             if self._public_bytes is None:
                 private = generate_keypair(bits=self.key_bits)
@@ -182,10 +183,13 @@ class PaillierProtocol(Protocol):
             base=self._base,
             quantiser=self.quantiser,
             workers=self.workers,
+            keyring=self.keyring,
         )
 
     def server_session(self, spec: RoundSpec) -> ServerSession:
-        return PaillierServer(spec, public_key=self.public_key_bytes, quantiser=self.quantiser)
+        return PaillierServer(
+            spec, public_key=self.public_key_bytes, quantiser=self.quantiser, keyring=self.keyring
+        )
 
     def max_dropouts(self, cohort_size: int) -> int:
         return cohort_size - 1

@@ -73,8 +73,8 @@ class PlainServer(ServerSession):
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._result is not None:
             raise ProtocolError("plain round already finished")
-        bodies, self.refused = self._channel.collect(
-            replies, stage=0, expected=frozenset(self.spec.cohort)
+        bodies = self._channel.collect(
+            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
         )
         total = np.zeros(self.spec.dim, dtype=np.float64)
         weight = 0.0

@@ -251,8 +251,8 @@ class CkksServer(ServerSession):
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("ckks round already finished")
-        signed, self.refused = self._channel.collect(
-            replies, stage=0, expected=frozenset(self.spec.cohort)
+        signed = self._channel.collect(
+            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
         )
         bodies, statements = {}, {}
         for cid, body in signed.items():

@@ -132,15 +132,20 @@ class Channel:
         return payload
 
     def collect(
-        self, replies: Mapping[int, bytes], *, stage: int, expected: set[int] | frozenset[int]
-    ) -> tuple[dict[int, bytes], dict[int, str]]:
-        """Payloads of the replies that pass :meth:`open` (ascending ids) and the refusals.
+        self,
+        replies: Mapping[int, bytes],
+        *,
+        stage: int,
+        expected: set[int] | frozenset[int],
+        refused: dict[int, str],
+    ) -> dict[int, bytes]:
+        """Payloads of the replies that pass :meth:`open`, by ascending id.
 
-        A reply from a client that was not asked, or one failing any check, is refused and
-        counts as that client's dropout. Raises ``DropoutError`` when no reply is left.
+        A reply from a client that was not asked, or one failing any check, is refused (added
+        to ``refused`` with the reason) and counts as that client's dropout. Raises
+        ``DropoutError`` when no reply is left.
         """
         bodies: dict[int, bytes] = {}
-        refused: dict[int, str] = {}
         for cid in sorted(replies):
             if cid not in expected:
                 refused[cid] = f"reply from {party_name(cid)}, who was not asked at this stage"
@@ -149,13 +154,12 @@ class Channel:
                 bodies[cid] = self.open(replies[cid], stage=stage, sender=cid)
             except AuthenticationError as err:
                 refused[cid] = str(err)
-        for cid, why in refused.items():
+        for why in refused.values():
             log.warning("%s: counted as a dropout", why)
-            del cid
         if not bodies:
             detail = f" ({len(refused)} refused: {next(iter(refused.values()))})" if refused else ""
             raise DropoutError(
                 f"no valid reply at {self.stage_name(stage)}: every client of the cohort dropped "
                 f"out{detail}"
             )
-        return bodies, refused
+        return bodies

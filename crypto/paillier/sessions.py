@@ -218,8 +218,8 @@ class PaillierServer(ServerSession):
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("paillier round already finished")
-        bodies, self.refused = self._channel.collect(
-            replies, stage=0, expected=frozenset(self.spec.cohort)
+        bodies = self._channel.collect(
+            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
         )
         width = self._public.ciphertext_bytes
         expected = self._layout.plaintexts * width + 64

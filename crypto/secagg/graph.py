@@ -112,10 +112,13 @@ def complete_params(
     _check_fractions(dropout, corrupt)
     t = n - math.floor(dropout * n) if threshold is None else _capped(threshold, n)
     _check_threshold(t, holders=n)
-    if math.floor(corrupt * n) >= t:
+    bad = math.floor(corrupt * n)
+    if bad >= t or (n > 1 and 2 * t - bad <= n):
         raise ParameterError(
-            f"threshold {t} does not exceed the {math.floor(corrupt * n)} corrupt clients "
-            f"tolerated in a cohort of {n}: raise the threshold or lower max_corrupt_fraction"
+            f"threshold {t} in a cohort of {n} with up to {bad} corrupt clients is not safe "
+            f"against a malicious server: it needs 2t - {bad} > {n} (t >= {(n + bad) // 2 + 1}) "
+            "so two conflicting survivor sets cannot both gather t signatures; raise the "
+            "threshold or lower max_corrupt_fraction"
         )
     return GraphParams(n, n - 1, t)
 
@@ -148,7 +151,11 @@ def _correct_t(k: int, n: int, dropout: float) -> int:
 
 
 def _secure(k: int, t: int, n: int, corrupt: float) -> bool:
-    return binomial_tail(trials=k, p=corrupt, at_least=t) <= 2.0**-SECURITY_BITS / n
+    """No client has t corrupt holders, and no two survivor sets can each gather t signatures
+    of one client's holders (2t - corrupt holders > k + 1), except with 2**-SECURITY_BITS."""
+    bound = 2.0**-SECURITY_BITS / n
+    split = binomial_tail(trials=k + 1, p=corrupt, at_least=max(0, 2 * t - (k + 1)))
+    return binomial_tail(trials=k, p=corrupt, at_least=t) <= bound and split <= bound
 
 
 def _connected(k: int, n: int, dropout: float, corrupt: float) -> bool:

@@ -78,10 +78,9 @@ class SecAggServer(ServerSession):
                 f"every client dropped at {self._channel.stage_name(self._stage)}: nothing to "
                 "aggregate"
             )
-        bodies, refused = self._channel.collect(
-            replies, stage=self._stage, expected=frozenset(self._expected)
+        bodies = self._channel.collect(
+            replies, stage=self._stage, expected=frozenset(self._expected), refused=self.refused
         )
-        self.refused.update(refused)
         if self._stage == 0:
             self._adverts = {c: bytes(replies[c]) for c in bodies}
         handlers = (self._on_keys, self._on_shares, self._on_masked, self._on_signed,

@@ -19,6 +19,7 @@ import numpy as np
 
 import crypto
 import models
+from crypto.core import identity
 import privacy
 
 from .. import training
@@ -55,6 +56,10 @@ class FederatedRunner(LocalTraining):
     checkpoint), then the end-of-job outputs. Client-side training is in
     :class:`~secfed.runner.local.LocalTraining`, the record's fields in :mod:`.record`.
     """
+
+    # In-process, this one process acts as every party: it makes the job's roster and every
+    # identity key at start (run_dir/keys/identity). A deployment's parties load their own.
+    simulates_all_parties = True
 
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path):
         self.cfg = cfg
@@ -107,6 +112,12 @@ class FederatedRunner(LocalTraining):
         key_dir = (
             Path(self.cfg.aggregation.key_dir) if self.cfg.aggregation.key_dir else self.dir.keys
         )
+        if self.simulates_all_parties:
+            # The job's roster (made at job start, reloaded on resume): the PKI protocols trust.
+            ring = identity.load_or_create(
+                self.dir.keys / identity.SUBDIR, range(self.cfg.federation.clients)
+            )
+            self.protocol.use_identities(ring)
         self.protocol.setup(job_id=self.state.job_id, key_dir=key_dir)
 
     def start(self) -> None:

@@ -341,3 +341,14 @@ def test_threat_model_names_weights_per_mode():
     assert "no weight" in CkksProtocol().threat_model().server_sees
     assert "clear" in CkksProtocol(weighting="server").threat_model().server_sees
     assert CkksProtocol.learned_by == "clients"
+
+
+def test_secret_context_with_a_flipped_byte_fails_at_load(tmp_path):
+    proto = create_protocol("ckks")
+    proto.setup(job_id="j", key_dir=tmp_path)
+    path = tmp_path / "ckks" / "secret.ctx"
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(KeyMaterialError):
+        create_protocol("ckks").setup(job_id="j", key_dir=tmp_path)

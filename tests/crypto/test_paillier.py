@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -277,3 +278,17 @@ def test_error_bound_holds_and_is_tight():
     assert err <= agg.error_bound
     assert err >= 0.9 * agg.error_bound  # the bound is nearly attained: it is not vacuous
     assert agg.error_bound == pytest.approx(4 * 0.5 / qz.scale, rel=1e-6)
+
+
+def test_private_key_with_composite_factors_refused_at_load(tmp_path):
+    # p and q not prime but p * q = n: refused when the key is read, before any round.
+    from crypto.paillier.keys import PRIVATE_FILE, SUBDIR, _write_owner_only
+
+    p, q = 3 * 1000003, 5 * 1000033  # odd, distinct, composite
+    doc = {"format": "secfed/paillier-private/v1", "n": format(p * q, "x"),
+           "p": format(p, "x"), "q": format(q, "x")}  # fmt: skip
+    (tmp_path / SUBDIR).mkdir(mode=0o700)
+    _write_owner_only(tmp_path / SUBDIR / PRIVATE_FILE, json.dumps(doc).encode())
+    proto = create_protocol("paillier", insecure_key_bits=512, workers=1)
+    with pytest.raises(KeyMaterialError, match="not prime"):
+        proto.setup(job_id="j", key_dir=tmp_path)

@@ -289,9 +289,7 @@ class CkksServer(ServerSession):
             head += _F64.pack(total) + _F64.pack(wsq)
         payload = head + cp.pack_chunks([cp.unwrap_chunk(v.serialize()) for v in acc])
         self._done = True
-        return ServerStep(
-            messages={c: self._channel.seal(1, c, payload) for c in ids}, final=True
-        )
+        return ServerStep(messages={c: self._channel.seal(1, c, payload) for c in ids}, final=True)
 
     def _check(self, acc: list[ts.CKKSVector], ids: list[int]) -> None:
         """Every sum must be a 2-part ciphertext at the expected level and scale."""

@@ -46,7 +46,9 @@ class Channel:
         self.tag, self.session_id, self.me = tag, session_id, me
         self.keyring = keyring
         self.stage_names = tuple(stage_names)
-        self.nonce: bytes | None = secrets.token_bytes(wire.NONCE_BYTES) if me == wire.SERVER else None
+        self.nonce: bytes | None = (
+            secrets.token_bytes(wire.NONCE_BYTES) if me == wire.SERVER else None
+        )
         if keyring is not None and not keyring.can_sign(me):
             keyring.sign(me, b"")  # raises KeyMaterialError naming the missing key file
 
@@ -91,7 +93,9 @@ class Channel:
             return head + payload
         return head + payload + self.keyring.sign(self.me, _DOMAIN + head + payload)
 
-    def open(self, message: bytes, *, stage: int, sender: int, recipient: int | None = None) -> bytes:
+    def open(
+        self, message: bytes, *, stage: int, sender: int, recipient: int | None = None
+    ) -> bytes:
         """The payload of ``message`` from ``sender`` at ``stage``, or AuthenticationError.
 
         ``recipient`` defaults to this party; a relayed original (a peer's message to the

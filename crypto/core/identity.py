@@ -86,7 +86,10 @@ class Roster:
         return True
 
     def to_bytes(self) -> bytes:
-        doc = {"format": _FORMAT, "parties": {str(p): k.hex() for p, k in sorted(self.keys.items())}}
+        doc = {
+            "format": _FORMAT,
+            "parties": {str(p): k.hex() for p, k in sorted(self.keys.items())},
+        }
         return json.dumps(doc, indent=1).encode()
 
     @classmethod

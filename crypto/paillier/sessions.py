@@ -21,9 +21,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from numpy.typing import NDArray
-
 import numpy as np
+from numpy.typing import NDArray
 
 from ..core import wire
 from ..core.channel import Channel

@@ -144,10 +144,14 @@ def _check_threshold(t: int, *, holders: int) -> None:
 def _correct_t(k: int, n: int, dropout: float) -> int:
     """Largest t with P[Bin(k, dropout) > k - t] <= 2**-CORRECTNESS_BITS / n, or 0."""
     bound = 2.0**-CORRECTNESS_BITS / n
-    for t in range(k, 0, -1):
-        if binomial_tail(trials=k, p=dropout, at_least=k - t + 1) <= bound:
-            return t
-    return 0
+    lo, hi = 0, k  # the tail shrinks as t falls: binary search the largest passing t
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if binomial_tail(trials=k, p=dropout, at_least=k - mid + 1) <= bound:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _secure(k: int, t: int, n: int, corrupt: float) -> bool:
@@ -210,14 +214,33 @@ def sparse_params(
                 "or the threshold, or leave them unset"
             )
         return GraphParams(n, neighbours, t)
-    for k in range(2, n - 1, 2):
+
+    def fits(k: int) -> GraphParams | None:
         if not _connected(k, n, dropout, corrupt):
-            continue
+            return None
         t = _correct_t(k, n, dropout) if threshold is None else _capped(threshold, k + 1)
         if t < 2 or t > k + 1 or not _secure(k, t, n, corrupt):
-            continue
+            return None
         return GraphParams(n, k, t)
-    return complete_params(n, dropout=dropout, corrupt=corrupt, threshold=threshold)
+
+    # Feasibility grows with k (binomial tails concentrate): double, then bisect the smallest
+    # even k that fits; every returned (k, t) is checked by fits() itself.
+    lo, k = 0, 2
+    while k < n - 1 and fits(k) is None:
+        lo, k = k, 2 * k
+    if k >= n - 1:
+        k = n - 2 - (n % 2)  # largest even k below n - 1
+        if k < 2 or fits(k) is None:
+            return complete_params(n, dropout=dropout, corrupt=corrupt, threshold=threshold)
+    while k - lo > 2:
+        mid = (lo + k) // 4 * 2
+        if mid > lo and fits(mid) is not None:
+            k = mid
+        else:
+            lo = mid if mid > lo else lo + 2
+    found = fits(k)
+    assert found is not None
+    return found
 
 
 def ring_order(cohort: Sequence[int], *, seed: bytes) -> list[int]:

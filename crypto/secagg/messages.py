@@ -33,7 +33,6 @@ from ..errors import ProtocolError
 
 _U32 = struct.Struct("!I")
 _SETUP = struct.Struct("!32sIIB")
-_PEER = struct.Struct("!I32s32s")
 _SHARE_PLAIN = struct.Struct(f"!II{shamir.SHARE_BYTES}s{shamir.SHARE_BYTES}s")
 SEALED_BYTES = NONCE_BYTES + _SHARE_PLAIN.size + TAG_BYTES
 _ROUTED = struct.Struct(f"!I{SEALED_BYTES}s")
@@ -99,16 +98,6 @@ def _unpack_list(
 def _done(body: bytes, end: int, what: str) -> None:
     if end != len(body):
         raise ProtocolError(f"{what} payload has {len(body) - end} trailing bytes")
-
-
-def encode_peer_keys(rows: Sequence[tuple[int, bytes, bytes]]) -> bytes:
-    return _pack_list(_PEER, rows)
-
-
-def decode_peer_keys(body: bytes) -> dict[int, tuple[bytes, bytes]]:
-    rows, end = _unpack_list(body, _PEER, "peer keys")
-    _done(body, end, "peer keys")
-    return {int(r[0]): (bytes(r[1]), bytes(r[2])) for r in rows}
 
 
 def encode_routed(rows: Sequence[tuple[int, bytes]], *, commit: bytes | None = None) -> bytes:

@@ -33,9 +33,7 @@ _U64 = (1 << 64) - 1
 class SecAggServer(ServerSession):
     """Routes keys and shares, sums masked inputs, unmasks the sum."""
 
-    def __init__(
-        self, spec: RoundSpec, *, tag: str, params: RoundParams, keyring: Keyring | None
-    ):
+    def __init__(self, spec: RoundSpec, *, tag: str, params: RoundParams, keyring: Keyring | None):
         super().__init__(spec)
         self._tag = tag
         self._channel = Channel(

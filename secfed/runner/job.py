@@ -19,8 +19,8 @@ import numpy as np
 
 import crypto
 import models
-from crypto.core import identity
 import privacy
+from crypto.core import identity
 
 from .. import training
 from ..assembly import JobParts, build_parts

@@ -81,14 +81,14 @@ class AdversarialConformance:
 
     def _fuzz_full_rounds(self, protocol, rounds: int) -> dict[str, int]:
         self.protocol_obj = protocol
-        spec, server, clients, vecs, weights = self._fuzz_setup(protocol, 0)
+        _, server, clients, _, _ = self._fuzz_setup(protocol, 0)
         honest = Recorder(clients)
         drive_round(server, honest)
         count = len(honest.log)
         tally = {"exact": 0, "refused": 0, "wrong": 0}
         rng = np.random.default_rng(1)
         for i in range(rounds):
-            spec, server, clients, vecs, weights = self._fuzz_setup(protocol, 100 + i)
+            _, server, clients, vecs, _ = self._fuzz_setup(protocol, 100 + i)
             transport = Recorder(clients, target=int(rng.integers(count)), rng=rng)
             try:
                 outcome = drive_round(server, transport)
@@ -98,8 +98,9 @@ class AdversarialConformance:
             ids = outcome.aggregate.contributors
             want = sum(vecs[c].astype(np.float64) for c in ids)
             err = float(np.max(np.abs(outcome.aggregate.weighted_sum - want)))
-            ok = err <= outcome.aggregate.error_bound + 1e-12 and outcome.aggregate.total_weight == (
-                pytest.approx(len(ids), abs=1e-6)
+            ok = (
+                err <= outcome.aggregate.error_bound + 1e-12
+                and outcome.aggregate.total_weight == (pytest.approx(len(ids), abs=1e-6))
             )
             tally["exact" if ok else "wrong"] += 1
         return tally
@@ -116,9 +117,7 @@ class AdversarialConformance:
         t0 = time.perf_counter()
         for _ in range(mutations):
             stage, sender, recipient, msg = rec.log[int(rng.integers(len(rec.log)))]
-            channel = Channel(
-                tag=tag, session_id=spec.session_id, me=recipient, keyring=keyring()
-            )
+            channel = Channel(tag=tag, session_id=spec.session_id, me=recipient, keyring=keyring())
             channel.nonce = nonce
             try:
                 channel.open(mutate(msg, rng), stage=stage, sender=sender)

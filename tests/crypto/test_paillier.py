@@ -97,8 +97,9 @@ def test_round_with_real_2048_bit_key(tmp_path, key2048):
     assert agg.learned_by == "clients" and agg.total_weight == 261.5
     assert np.max(np.abs(agg.weighted_sum - want)) <= agg.error_bound
     # 3 parties x term_max 2**17 -> 19-bit slots, 107 per 2047-bit plaintext: 300 values and
-    # 2 weight slots take 3 ciphertexts of 512 bytes, plus the wire header; nothing else.
-    assert all(up == HEADER_SIZE + 3 * 512 for up in outcome.traffic.bytes_up.values())
+    # 2 weight and 3 check slots take 3 ciphertexts of 512 bytes, plus the wire header and the
+    # 64-byte contribution signature; nothing else (unauthenticated here: no frame signature).
+    assert all(up == HEADER_SIZE + 3 * 512 + 64 for up in outcome.traffic.bytes_up.values())
 
 
 def test_parallel_workers_agree_with_in_process(key2048):

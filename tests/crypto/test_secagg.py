@@ -214,7 +214,7 @@ def test_client_refuses_to_sign_a_wrong_survivor_set(survivors, match):
 
 
 def test_client_unmasks_only_the_survivor_set_it_signed():
-    server, clients, messages = _unmask_setup(4)
+    _, clients, messages = _unmask_setup(4)
     survivors, sigs = msg.decode_unmask(_body(messages[0]))
     other = _reframe(messages[0], msg.encode_unmask(survivors[:-1], sorted(sigs.items())))
     with pytest.raises(ProtocolError, match="another survivor set"):
@@ -232,7 +232,9 @@ def test_client_unmasks_only_with_t_signatures_of_each_peers_holders():
     forged[2] = bytes(64)  # a signature the server made up
     _, clients, messages = _unmask_setup(4)
     with pytest.raises(ProtocolError, match="does not verify"):
-        clients[1].handle(_reframe(messages[1], msg.encode_unmask(survivors, sorted(forged.items()))))
+        clients[1].handle(
+            _reframe(messages[1], msg.encode_unmask(survivors, sorted(forged.items())))
+        )
 
 
 def test_client_answers_one_unmask_request_only():
@@ -247,10 +249,10 @@ def test_altered_sealed_share_is_rejected():
     spec = RoundSpec("t", 1, tuple(range(5)), 9)
     vecs, weights = _inputs(5, 9)
     _, clients, messages = _to_stage(proto, spec, vecs, weights, 2)
-    raw = bytearray(messages[0])
-    raw[-5] ^= 1
+    raw = bytearray(_body(messages[0]))
+    raw[-5] ^= 1  # inside a sealed share: even the (signing) server cannot alter it
     with pytest.raises(ProtocolError, match="authentication"):
-        clients[0].handle(bytes(raw))
+        clients[0].handle(_reframe(messages[0], bytes(raw)))
 
 
 def test_misrouted_sealed_share_is_rejected():

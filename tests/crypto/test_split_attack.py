@@ -70,10 +70,7 @@ def split_attack(proto: PairwiseMaskingProtocol, n: int, *, victim: int = 0) -> 
             statement = survivor_statement(clients[c]._sid, without)
             sigs["without"][c] = clients[c]._channel.sign(statement)
     # Stage 4: each honest holder gets the view it signed, with every signature of that view.
-    got = {"b": 0, "sk": 0}
-    for c in corrupt:
-        got["b"] += 1
-        got["sk"] += 1
+    got = {"b": len(corrupt), "sk": len(corrupt)}  # colluders hand over both of their shares
     for c in [victim, *honest]:
         view = "without" if c in told_dropped else "with"
         listing = without if view == "without" else everyone

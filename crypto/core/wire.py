@@ -4,7 +4,7 @@ Each message is ``header || payload || signature``. The header binds the message
 protocol, one round of one job (the session id: job, round, cohort), one attempt of that round
 (a fresh nonce the server draws when it opens the round), one stage, its sender and its
 recipient; the Ed25519 signature of the sender (see :mod:`crypto.core.identity`) covers
-header and payload. Checking is done by :class:`crypto.core.channel.Channel`::
+header and the payload's SHA-256. Checking is done by :class:`crypto.core.channel.Channel`::
 
     magic     b"SFD2"      4 bytes
     tag       protocol     8 bytes, ASCII name padded with NUL
@@ -98,7 +98,7 @@ def peek(message: bytes) -> Header:
 
 
 def split(message: bytes) -> tuple[Header, bytes, bytes, bytes]:
-    """Header, signed part (header and payload), payload and signature of ``message``."""
+    """Decoded header, raw header bytes, payload and signature of ``message``."""
     head = peek(message)
     sig_len = SIGNATURE_BYTES if head.signed else 0
     if len(message) != HEADER_SIZE + head.length + sig_len:
@@ -107,5 +107,6 @@ def split(message: bytes) -> tuple[Header, bytes, bytes, bytes]:
             f"payload{' and a signature' if sig_len else ''}: truncated or padded"
         )
     body_end = HEADER_SIZE + head.length
-    raw = bytes(message)
-    return head, raw[:body_end], raw[HEADER_SIZE:body_end], raw[body_end:]
+    view = memoryview(message)
+    payload = bytes(view[HEADER_SIZE:body_end])
+    return head, bytes(view[:HEADER_SIZE]), payload, bytes(view[body_end:])

@@ -247,19 +247,31 @@ class SecAggClient(ClientSession):
                 "than the one it signed: the server shows clients inconsistent views; refusing"
             )
         statement = survivor_statement(self._sid, survivors)
-        signers = set()
-        for pid, sig in signatures.items():
-            if pid not in survivors:
-                raise ProtocolError(f"consistency signature of client {pid}, not a survivor")
-            self._channel.check_signature(pid, sig, statement, what="consistency check")
-            signers.add(pid)
+        if stray := set(signatures) - set(survivors):
+            raise ProtocolError(f"consistency signatures of clients {sorted(stray)}, not survivors")
         t = self._params.graph.threshold
         alive = set(survivors)
+        valid: dict[int, bool] = {}
+
+        def backed(pid: int) -> int:
+            # Verify lazily, and only until t of pid's holders are found to have signed.
+            count = 0
+            for signer in sorted(self._graph.holders(pid) & set(signatures)):
+                if signer not in valid:
+                    self._channel.check_signature(
+                        signer, signatures[signer], statement, what="consistency check"
+                    )
+                    valid[signer] = True
+                count += 1
+                if count >= t:
+                    break
+            return count
+
         for pid in sorted(self._mask_peers | {self.client_id}):
             # Reveal nothing about pid unless t of pid's own share holders signed this set:
             # two sets with t such signatures each would need 2t - |holders| > corrupt signers.
-            backing = len(signers & self._graph.holders(pid))
-            if self._channel.authenticated and backing < t:
+            backing = backed(pid) if self._channel.authenticated else t
+            if backing < t:
                 raise DropoutError(
                     f"only {backing} of client {pid}'s share holders signed the survivor set "
                     f"sent to client {self.client_id}; threshold {t}: refusing to unmask"

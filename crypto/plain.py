@@ -1,7 +1,9 @@
 """``plain``: the baseline protocol, no protection.
 
-Threat model: none. Each client sends its float32 update and its weight in the clear; the
-server sees every individual update and computes the weighted sum in float64. Any number of
+Threat model: no confidentiality. Each client sends its float32 update and its weight in the
+clear; the server sees every individual update and computes the weighted sum in float64.
+Messages are signed against the job's roster (:mod:`crypto.core.channel`): a network
+attacker's altered, re-stamped or replayed reply is refused as that client's dropout. Any number of
 clients may drop; the sum covers whoever answered. Use it as the reference every secure
 protocol is measured against.
 
@@ -29,6 +31,7 @@ from .core.protocol import (
     ServerSession,
     ServerStep,
     ThreatModel,
+    adversaries,
 )
 from .core.registry import register
 from .errors import ProtocolError
@@ -124,4 +127,10 @@ class PlainProtocol(Protocol):
             server_sees="every client's individual update and weight",
             dropouts="any number; the sum covers the clients that answered",
             breaks_if="always: offers no confidentiality (baseline only)",
+            adversaries=adversaries(
+                authenticated=self.authenticated,
+                semi_honest="sees every individual update and weight",
+                malicious="it sees every update and can drop clients; it cannot alter or forge "
+                "a client's update (signed)",
+            ),
         )

@@ -12,11 +12,17 @@ aggregate goes back to the surviving clients, who decrypt it (``learned_by = "cl
 Dropouts: one collection stage; clients absent from it are excluded, any n - 1 may drop.
 It breaks if the server colludes with any one client (the shared key opens every upload), if
 another party reads a client's upload in transit (use an authenticated, encrypted channel),
-or if the server is malicious (it could return one client's ciphertext as "the aggregate";
-the server is assumed honest-but-curious). Exact CKKS decryptions leak the secret key to
-whoever also holds the ciphertext (Li and Micciancio, EUROCRYPT 2021): clients round every
-decrypted value to a power-of-two grid just above the noise bound before releasing it, a
-heuristic mitigation; do not hand raw decryptions to the server. Client inputs are not
+or if the server is malicious in ways the checks below miss. Against a malicious server given
+the roster, decoders verify each listed contributor's signed statement (attempt, id, upload
+hash) and their own membership, so a list naming clients that did not upload in this attempt
+or leaving out the decoder is refused. Which of the listed uploads the server actually summed
+is NOT bound (CKKS has no exact check slot): it could return a subset, e.g. one client's
+ciphertext, as the aggregate of the whole list, caught only if the range check trips. Every
+message is signed and bound to the attempt (:mod:`crypto.core.channel`): a network
+attacker's altered or replayed message is refused as its sender's dropout. Exact CKKS
+decryptions leak the secret key to whoever also holds the ciphertext (Li and Micciancio,
+EUROCRYPT 2021): clients round every decrypted value to a power-of-two grid just above the
+noise bound before releasing it, a heuristic mitigation; do not hand raw decryptions to the server. Client inputs are not
 proven well-formed: a client can bias the sum (the decryptors only check it is in range).
 
 Wire (every message framed by :mod:`crypto.core.wire`, tag ``ckks``):
@@ -70,6 +76,7 @@ from ..core.protocol import (
     ServerSession,
     ServerStep,
     ThreatModel,
+    adversaries,
 )
 from ..core.registry import register
 from ..errors import EncodingError, KeyMaterialError, ProtocolError
@@ -352,7 +359,17 @@ class CkksProtocol(Protocol):
             + ("each weight and the total in the clear" if clear else "no weight (encrypted)"),
             dropouts="any n - 1; clients missing from the one collection stage are excluded",
             breaks_if="the server colludes with any client (the shared key opens every upload),"
-            " uploads leak in transit, the server is malicious, or raw decryptions reach it",
+            " uploads leak in transit, or raw decryptions reach it",
+            adversaries=adversaries(
+                authenticated=self.authenticated,
+                semi_honest="sees ciphertexts, their count, cohort and dropouts"
+                + (", each weight" if clear else "")
+                + "; never an update nor the aggregate",
+                malicious="decoders verify every listed contributor's signed statement over its "
+                "upload hash and refuse an aggregate that excludes them; NOT bound: which listed "
+                "uploads were summed (a subset, e.g. one client's ciphertext, passed off as the "
+                "list's aggregate is caught only by the range check): a wrong sum is possible",
+            ),
             notes=(
                 "aggregate learned by the surviving clients, who decrypt it",
                 "released values are rounded to a grid above the CKKS noise bound",

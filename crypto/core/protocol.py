@@ -95,6 +95,9 @@ class ThreatModel:
     dropouts: str
     breaks_if: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # What holds against each adversary: "semi_honest_server", "malicious_server_with_roster",
+    # "network_attacker" (each sentence attacked by a test in tests/crypto/).
+    adversaries: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,7 +107,39 @@ class ThreatModel:
             "dropouts": self.dropouts,
             "breaks_if": self.breaks_if,
             "notes": list(self.notes),
+            "adversaries": dict(self.adversaries),
         }
+
+
+ROSTER = (
+    "the job's roster (client id -> Ed25519 public key, made at job start or by `secfed keys "
+    "generate --scheme identity`) is the PKI every party trusts"
+)
+NETWORK = (
+    "every message is signed by its sender over job, round, cohort, a per-attempt nonce, "
+    "stage, sender and recipient and checked against the roster: an altered, injected, "
+    "re-addressed, re-stamped or replayed message (also from an earlier attempt) is refused "
+    "and counts as its sender's dropout, never a wrong sum; messages are not encrypted"
+)
+UNAUTHENTICATED = (
+    "UNAUTHENTICATED mode (no roster): messages are unsigned, so nothing holds against a "
+    "malicious server or a network attacker beyond what the payloads protect themselves"
+)
+
+
+def adversaries(*, authenticated: bool, semi_honest: str, malicious: str) -> dict[str, str]:
+    """The threat model's per-adversary statements (network and roster text shared)."""
+    if not authenticated:
+        return {
+            "semi_honest_server": semi_honest,
+            "malicious_server_with_roster": UNAUTHENTICATED,
+            "network_attacker": UNAUTHENTICATED,
+        }
+    return {
+        "semi_honest_server": semi_honest,
+        "malicious_server_with_roster": f"{ROSTER}; {malicious}",
+        "network_attacker": NETWORK,
+    }
 
 
 class ClientSession(ABC):

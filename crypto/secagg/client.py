@@ -252,11 +252,12 @@ class SecAggClient(ClientSession):
         t = self._params.graph.threshold
         alive = set(survivors)
         valid: dict[int, bool] = {}
+        graph = self._graph
 
         def backed(pid: int) -> int:
             # Verify lazily, and only until t of pid's holders are found to have signed.
             count = 0
-            for signer in sorted(self._graph.holders(pid) & set(signatures)):
+            for signer in sorted(graph.holders(pid) & set(signatures)):
                 if signer not in valid:
                     self._channel.check_signature(
                         signer, signatures[signer], statement, what="consistency check"

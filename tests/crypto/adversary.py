@@ -200,3 +200,14 @@ class AdversarialConformance:
             server = protocol.server_session(spec)
             clients = {c: fresh.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
             drive_round(server, InProcessTransport(clients))
+
+    def test_threat_model_states_each_adversary(self, protocol):
+        # Each statement is attacked above (network), in test_split_attack.py (secagg
+        # malicious server) and in the protocol's own tests (paillier / ckks list checks).
+        adv = protocol.threat_model().as_dict()["adversaries"]
+        assert set(adv) == {"semi_honest_server", "malicious_server_with_roster", "network_attacker"}
+        assert "roster" in adv["malicious_server_with_roster"]
+        assert "never a wrong sum" in adv["network_attacker"]
+        protocol.use_identities(None)
+        adv = protocol.threat_model().as_dict()["adversaries"]
+        assert "UNAUTHENTICATED" in adv["network_attacker"]

@@ -22,8 +22,9 @@ message is signed and bound to the attempt (:mod:`crypto.core.channel`): a netwo
 attacker's altered or replayed message is refused as its sender's dropout. Exact CKKS
 decryptions leak the secret key to whoever also holds the ciphertext (Li and Micciancio,
 EUROCRYPT 2021): clients round every decrypted value to a power-of-two grid just above the
-noise bound before releasing it, a heuristic mitigation; do not hand raw decryptions to the server. Client inputs are not
-proven well-formed: a client can bias the sum (the decryptors only check it is in range).
+noise bound before releasing it, a heuristic mitigation; do not hand raw decryptions to the
+server. Client inputs are not proven well-formed: a client can bias the sum (the decryptors
+only check it is in range).
 
 Wire (every message framed by :mod:`crypto.core.wire`, tag ``ckks``):
 

@@ -205,7 +205,11 @@ class AdversarialConformance:
         # Each statement is attacked above (network), in test_split_attack.py (secagg
         # malicious server) and in the protocol's own tests (paillier / ckks list checks).
         adv = protocol.threat_model().as_dict()["adversaries"]
-        assert set(adv) == {"semi_honest_server", "malicious_server_with_roster", "network_attacker"}
+        assert set(adv) == {
+            "semi_honest_server",
+            "malicious_server_with_roster",
+            "network_attacker",
+        }
         assert "roster" in adv["malicious_server_with_roster"]
         assert "never a wrong sum" in adv["network_attacker"]
         protocol.use_identities(None)

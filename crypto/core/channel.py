@@ -57,6 +57,12 @@ class Channel:
         )
         if keyring is not None and not keyring.can_sign(me):
             keyring.sign(me, b"")  # raises KeyMaterialError naming the missing key file
+        if keyring is None and me == wire.SERVER:
+            log.warning(
+                "UNAUTHENTICATED %s round: no roster, messages are neither signed nor checked "
+                "(nothing holds against a malicious server or a network attacker)",
+                tag,
+            )
 
     @property
     def authenticated(self) -> bool:

@@ -18,7 +18,6 @@ import pytest
 
 from crypto import DropoutError, ProtocolError, RoundSpec, drive_round
 from crypto.core import identity, wire
-from crypto.core.channel import Channel
 from crypto.core.stage_loop import Delivery, InProcessTransport
 from crypto.errors import AuthenticationError
 

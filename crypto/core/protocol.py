@@ -116,8 +116,9 @@ ROSTER = (
     "generate --scheme identity`) is the PKI every party trusts"
 )
 NETWORK = (
-    "every message is signed by its sender over job, round, cohort, a per-attempt nonce, "
-    "stage, sender and recipient and checked against the roster: an altered, injected, "
+    "every message is authenticated by its sender over job, round, cohort, a per-attempt "
+    "nonce, stage, sender and recipient (Ed25519 signatures checked against the roster, or a "
+    "GMAC under a pair key agreed by signed messages): an altered, injected, "
     "re-addressed, re-stamped or replayed message (also from an earlier attempt) is refused "
     "and counts as its sender's dropout, never a wrong sum; messages are not encrypted"
 )

@@ -1,17 +1,20 @@
 """Binary framing shared by every protocol message.
 
-Each message is ``header || payload || signature``. The header binds the message to one
-protocol, one round of one job (the session id: job, round, cohort), one attempt of that round
-(a fresh nonce the server draws when it opens the round), one stage, its sender and its
-recipient; the Ed25519 signature of the sender (see :mod:`crypto.core.identity`) covers
-header and the payload's SHA-256. Checking is done by :class:`crypto.core.channel.Channel`::
+Each message is ``header || [key] || payload || authenticator``. The header binds the
+message to one protocol, one round of one job (the session id: job, round, cohort), one
+attempt of that round (a fresh nonce the server draws when it opens the round), one stage, its
+sender and its recipient. The authenticator is either the sender's Ed25519 signature (see
+:mod:`crypto.core.identity`) over header, key and the payload's SHA-256, or, once the two
+ends of a client-server pair have exchanged signed per-attempt X25519 keys (``key``, carried
+by their first messages), a 16-byte GMAC under their pair key. Checking is done by
+:class:`crypto.core.channel.Channel`::
 
     magic     b"SFD2"      4 bytes
     tag       protocol     8 bytes, ASCII name padded with NUL
     sid       session id  16 bytes
     nonce     attempt     16 bytes
     stage     uint8
-    flags     uint8        bit 0: signed
+    flags     uint8        bit 0: signed, bit 1: carries a key, bit 2: MACed
     sender    uint32       client id, or SERVER for the server
     recipient uint32
     length    uint64       payload length in bytes
@@ -32,6 +35,10 @@ MAGIC = b"SFD2"
 SERVER = SERVER_ID
 NONCE_BYTES = 16
 SIGNED = 1
+KEYED = 2
+MACED = 4
+KEY_BYTES = 32
+MAC_BYTES = 16
 _HEADER = struct.Struct("!4s8s16s16sBBIIQ")
 HEADER_SIZE = _HEADER.size
 
@@ -60,6 +67,14 @@ class Header:
     def signed(self) -> bool:
         return bool(self.flags & SIGNED)
 
+    @property
+    def keyed(self) -> bool:
+        return bool(self.flags & KEYED)
+
+    @property
+    def maced(self) -> bool:
+        return bool(self.flags & MACED)
+
 
 def header(
     *,
@@ -71,11 +86,13 @@ def header(
     recipient: int,
     length: int,
     signed: bool,
+    keyed: bool = False,
+    maced: bool = False,
 ) -> bytes:
-    """The header of a message (the signature covers it and the payload)."""
+    """The header of a message (the authenticator covers it and the payload)."""
     if len(session_id) != 16 or len(nonce) != NONCE_BYTES:
         raise ValueError("session id and nonce must be 16 bytes each")
-    flags = SIGNED if signed else 0
+    flags = (SIGNED if signed else 0) | (KEYED if keyed else 0) | (MACED if maced else 0)
     return _HEADER.pack(
         MAGIC, _tag(protocol), session_id, nonce, stage, flags, sender, recipient, length
     )
@@ -97,16 +114,25 @@ def peek(message: bytes) -> Header:
     return Header(name, sid, nonce, stage, flags, sender, recipient, length)
 
 
-def split(message: bytes) -> tuple[Header, bytes, bytes, bytes]:
-    """Decoded header, raw header bytes, payload and signature of ``message``."""
+def split(message: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
+    """Decoded header, raw header bytes, payload, authenticator and carried key."""
     head = peek(message)
-    sig_len = SIGNATURE_BYTES if head.signed else 0
-    if len(message) != HEADER_SIZE + head.length + sig_len:
+    if head.flags & ~(SIGNED | KEYED | MACED) or (head.signed and head.maced):
+        raise ProtocolError(f"message has unknown or conflicting flags {head.flags:#x}")
+    key_len = KEY_BYTES if head.keyed else 0
+    auth_len = SIGNATURE_BYTES if head.signed else MAC_BYTES if head.maced else 0
+    if len(message) != HEADER_SIZE + key_len + head.length + auth_len:
         raise ProtocolError(
             f"message is {len(message)} bytes but its header announces a {head.length}-byte "
-            f"payload{' and a signature' if sig_len else ''}: truncated or padded"
+            "payload and its flags: truncated or padded"
         )
-    body_end = HEADER_SIZE + head.length
+    start = HEADER_SIZE + key_len
+    end = start + head.length
     view = memoryview(message)
-    payload = bytes(view[HEADER_SIZE:body_end])
-    return head, bytes(view[:HEADER_SIZE]), payload, bytes(view[body_end:])
+    return (
+        head,
+        bytes(view[:HEADER_SIZE]),
+        bytes(view[start:end]),
+        bytes(view[end:]),
+        bytes(view[HEADER_SIZE:start]),
+    )

@@ -11,9 +11,9 @@ stay connected, falling back to the complete graph when no ``k < n - 1`` qualifi
 example ``k = 170, t = 81`` at ``n = 1000`` with the defaults). Details in
 :mod:`crypto.secagg.graph`; the encoding is in :mod:`crypto.secagg.encoding`.
 
-Stages (each a server message and a client reply, framed and signed by
+Stages (each a server message and a client reply, framed and authenticated by
 :mod:`crypto.core.channel` over job, round, cohort, the attempt's nonce, stage, sender and
-recipient; every party checks signatures against the job's roster, :mod:`crypto.core.identity`):
+recipient; signatures are checked against the job's roster, :mod:`crypto.core.identity`):
 
 0. *advertise keys*: the server publishes 32 bytes of graph randomness and ``(k, t, m)``;
    each client checks them against its own derivation and answers with two fresh X25519
@@ -59,8 +59,9 @@ Threat model (clients may drop at any stage; "holders" of a client: its neighbou
   drop, delay or exclude clients (they count as dropouts), and for secagg+ it chooses the
   graph randomness, so it could grind it to place colluders around a victim (bounded only by
   the corrupt fraction per neighbourhood, not prevented).
-* *network attacker*: every message is signed by its sender over job, round, cohort, the
-  server's per-attempt nonce, stage, sender and recipient, so an altered, injected,
+* *network attacker*: every message is authenticated by its sender (signature, or a GMAC
+  under a pair key agreed by signed keys) over job, round, cohort, the server's per-attempt
+  nonce, stage, sender and recipient, so an altered, injected,
   re-addressed, re-stamped or replayed message (also from an earlier attempt of the same
   round) is refused with an error naming sender and stage and counts as that party's
   dropout; never a wrong sum (``tests/crypto/adversary.py``). Messages are not encrypted
@@ -75,7 +76,10 @@ Threat model (clients may drop at any stage; "holders" of a client: its neighbou
   secagg) are recovered exactly; secagg+ also survives a ``max_dropout_fraction`` of random
   dropouts with probability ``1 - 2**-20``. Otherwise the round fails with ``DropoutError``,
   never a wrong sum. A client dropping during key setup only removes itself (and any
-  neighbour left with fewer than ``t`` holders). Malicious-server safety costs sparsity: at
+  neighbour left with fewer than ``t`` holders), and such exclusions can cascade: when more
+  than ``k + 1 - t`` of one neighbourhood vanish before key sharing the round may end in
+  ``DropoutError`` (never a wrong sum); only ``max_dropouts`` anywhere, or random dropouts at
+  the tuned rate, are guaranteed. Malicious-server safety costs sparsity: at
   30% dropouts and 20% corrupt clients the graph stays complete up to about 1,000 clients
   (``k = 114, t = 80`` at ``n = 1000`` with 10% and 10%).
 

@@ -102,18 +102,23 @@ def _to_stage(proto, spec, vecs, weights, stage):
     server = proto.server_session(spec)
     clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
     messages = server.start()
+    _CHANNELS[server._channel.nonce] = {wire.SERVER: server._channel} | {
+        c: s._channel for c, s in clients.items()
+    }
     for _ in range(stage):
         replies = {c: clients[c].handle(m) for c, m in messages.items()}
         messages = server.advance(replies).messages
     return server, clients, messages
 
 
+_CHANNELS: dict[bytes, dict[int, Channel]] = {}  # attempt nonce -> party -> its channel
+
+
 def _reframe(message, payload):
-    """``message`` with another payload, signed by its sender (a malicious server or client)."""
+    """``message`` with another payload, authenticated by its sender's own channel (a
+    malicious server or client: it holds its signing and pair keys)."""
     head = wire.peek(message)
-    ch = Channel(tag=head.protocol, session_id=head.session_id, me=head.sender, keyring=keyring())
-    ch.nonce = head.nonce
-    return ch.seal(head.stage, head.recipient, payload)
+    return _CHANNELS[head.nonce][head.sender].seal(head.stage, head.recipient, payload)
 
 
 def _body(message):

@@ -45,8 +45,7 @@ def job(protocol: str = "secagg+", privacy: dict | None = None, **fed):
 
 def local_deployment(cfg, key_dir=None):
     agents = {
-        100 + c: NodeAgent(cfg, client_id=c, key_dir=key_dir)
-        for c in range(cfg.federation.clients)
+        100 + c: NodeAgent(cfg, client_id=c, key_dir=key_dir) for c in range(cfg.federation.clients)
     }
     return agents, LocalExchange({node: a.handle for node, a in agents.items()})
 

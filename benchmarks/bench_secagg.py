@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.auth_overhead:
-        return auth_overhead(dim=100_000 if args.quick else 1_000_000, repeats=5, out=args.json)
+        return auth_overhead(dim=100_000 if args.quick else 1_000_000, repeats=9, out=args.json)
 
     head_dim = 100_000 if args.quick else 1_000_000
     scale_dim = 10_000 if args.quick else 100_000

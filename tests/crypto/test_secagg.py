@@ -40,6 +40,7 @@ SPARSE = {"neighbours": 4, "threshold": 3, "max_corrupt_fraction": 0.0, "max_wei
 
 class TestSecAggConformance(ProtocolConformance):
     protocol_name = "secagg"
+    fuzz_clients = 5  # t = 4: one refused party is survived, so fuzzed rounds can finish
 
     def make_protocol(self, tmp_path) -> Protocol:
         return _proto("secagg", **OPTS)
@@ -47,6 +48,7 @@ class TestSecAggConformance(ProtocolConformance):
 
 class TestSecAggPlusConformance(ProtocolConformance):
     protocol_name = "secagg+"
+    fuzz_clients = 5
 
     def make_protocol(self, tmp_path) -> Protocol:
         return _proto("secagg+", **OPTS)

@@ -11,6 +11,11 @@ class ProtocolError(CryptoError):
     """A message was malformed, truncated, replayed, foreign or out of order."""
 
 
+class AuthenticationError(ProtocolError):
+    """A message failed a check (signature, sender, recipient, session, attempt, stage): it is
+    refused and its sender counts as dropped out."""
+
+
 class DropoutError(ProtocolError):
     """Too many clients dropped out for the protocol to finish correctly."""
 

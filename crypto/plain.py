@@ -1,7 +1,9 @@
 """``plain``: the baseline protocol, no protection.
 
-Threat model: none. Each client sends its float32 update and its weight in the clear; the
-server sees every individual update and computes the weighted sum in float64. Any number of
+Threat model: no confidentiality. Each client sends its float32 update and its weight in the
+clear; the server sees every individual update and computes the weighted sum in float64.
+Messages are signed against the job's roster (:mod:`crypto.core.channel`): a network
+attacker's altered, re-stamped or replayed reply is refused as that client's dropout. Any number of
 clients may drop; the sum covers whoever answered. Use it as the reference every secure
 protocol is measured against.
 
@@ -19,6 +21,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .core import wire
+from .core.channel import Channel
+from .core.identity import Keyring
 from .core.protocol import (
     Aggregate,
     ClientSession,
@@ -27,6 +31,7 @@ from .core.protocol import (
     ServerSession,
     ServerStep,
     ThreatModel,
+    adversaries,
 )
 from .core.registry import register
 from .errors import ProtocolError
@@ -40,47 +45,40 @@ class PlainClient(ClientSession):
 
     _answered = False
 
+    def __init__(self, *args: Any, keyring: Keyring | None):
+        super().__init__(*args)
+        self._channel = Channel(
+            tag=_NAME, session_id=self.spec.session_id, me=self.client_id, keyring=keyring
+        )
+
     def handle(self, message: bytes) -> bytes | None:
         if self._answered:
             raise ProtocolError(f"client {self.client_id} already answered this round: replay")
-        wire.unframe(
-            message, protocol=_NAME, session_id=self.spec.session_id, stage=0, sender=wire.SERVER
-        )
+        self._channel.open(message, stage=0, sender=wire.SERVER)
         self._answered = True
         payload = _WEIGHT.pack(self.weight) + self.vector.astype("<f4").tobytes()
-        return wire.frame(
-            protocol=_NAME,
-            session_id=self.spec.session_id,
-            stage=0,
-            sender=self.client_id,
-            payload=payload,
-        )
+        return self._channel.seal(0, wire.SERVER, payload)
 
 
 class PlainServer(ServerSession):
     """Sums the weighted updates it receives."""
 
-    def __init__(self, spec: RoundSpec):
+    def __init__(self, spec: RoundSpec, *, keyring: Keyring | None):
         super().__init__(spec)
         self._result: Aggregate | None = None
+        self._channel = Channel(
+            tag=_NAME, session_id=spec.session_id, me=wire.SERVER, keyring=keyring
+        )
 
     def start(self) -> dict[int, bytes]:
-        hello = wire.frame(
-            protocol=_NAME,
-            session_id=self.spec.session_id,
-            stage=0,
-            sender=wire.SERVER,
-            payload=b"",
-        )
-        return {cid: hello for cid in self.spec.cohort}
+        return {cid: self._channel.seal(0, cid, b"") for cid in self.spec.cohort}
 
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._result is not None:
             raise ProtocolError("plain round already finished")
-        bodies = wire.collect_replies(
-            replies, protocol=_NAME, session_id=self.spec.session_id, stage=0,
-            cohort=self.spec.cohort,
-        )  # fmt: skip
+        bodies = self._channel.collect(
+            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
+        )
         total = np.zeros(self.spec.dim, dtype=np.float64)
         weight = 0.0
         expected = _WEIGHT.size + 4 * self.spec.dim
@@ -97,7 +95,7 @@ class PlainServer(ServerSession):
             total += w * vec
             weight += w
         bound = 1e-12 * float(np.max(np.abs(total), initial=0.0)) * len(replies)
-        self._result = Aggregate(total, weight, tuple(sorted(replies)), "server", bound)
+        self._result = Aggregate(total, weight, tuple(sorted(bodies)), "server", bound)
         return ServerStep(messages={}, final=True)
 
     def aggregate(self) -> Aggregate | None:
@@ -114,10 +112,10 @@ class PlainProtocol(Protocol):
     def client_session(
         self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
     ) -> ClientSession:
-        return PlainClient(spec, client_id, vector, weight)
+        return PlainClient(spec, client_id, vector, weight, keyring=self.keyring)
 
     def server_session(self, spec: RoundSpec) -> ServerSession:
-        return PlainServer(spec)
+        return PlainServer(spec, keyring=self.keyring)
 
     def max_dropouts(self, cohort_size: int) -> int:
         return cohort_size - 1
@@ -129,4 +127,10 @@ class PlainProtocol(Protocol):
             server_sees="every client's individual update and weight",
             dropouts="any number; the sum covers the clients that answered",
             breaks_if="always: offers no confidentiality (baseline only)",
+            adversaries=adversaries(
+                authenticated=self.authenticated,
+                semi_honest="sees every individual update and weight",
+                malicious="it sees every update and can drop clients; it cannot alter or forge "
+                "a client's update (signed)",
+            ),
         )

@@ -232,7 +232,9 @@ def run(
 
 @keys_app.command("generate")
 def keys_generate(
-    scheme: Annotated[str, typer.Option(help="Protocol needing key files: paillier or ckks.")],
+    scheme: Annotated[
+        str, typer.Option(help="paillier or ckks (a protocol's keys), or identity (the roster).")
+    ],
     out: Annotated[Path, typer.Option(help="Directory for the key files (owner-only).")],
     option: Annotated[
         list[str] | None, typer.Option("--option", "-o", help="Protocol option KEY=VALUE.")
@@ -240,10 +242,44 @@ def keys_generate(
     force: Annotated[
         bool, typer.Option("--force", help="Replace keys of this scheme already in --out.")
     ] = False,
+    clients: Annotated[
+        int, typer.Option(help="identity: how many clients (ids 0..N-1) the roster lists.")
+    ] = 0,
 ) -> None:
-    """Generate a job's key set: public part for the server, secret part for clients."""
+    """Generate a job's key set: public part for the server, secret part for clients.
+
+    ``--scheme identity --clients N`` makes the roster (``identity/roster.json``, for every
+    party) and one Ed25519 key per party (``identity/party-<id>.key``: give each client its
+    own, the server ``party-4294967295.key``).
+    """
+    import crypto
+
     from .bench.workload import parse_value
     from .keydir import prepare_generate
+
+    if scheme == "identity":
+        from crypto.core import identity
+
+        if clients < 1:
+            _fail(ValueError("--scheme identity needs --clients N (the job's client count)"))
+        if (out / identity.SUBDIR).exists() and any((out / identity.SUBDIR).iterdir()):
+            if not force:
+                _fail(
+                    ValueError(
+                        f"{out / identity.SUBDIR} already holds identity keys: keep "
+                        "them, choose another --out, or pass --force to replace them"
+                    )
+                )
+            import shutil
+
+            shutil.rmtree(out / identity.SUBDIR)
+        try:
+            identity.load_or_create(out / identity.SUBDIR, range(clients))
+        except (crypto.CryptoError, OSError) as err:
+            _fail(err)
+        for f in sorted(p for p in (out / identity.SUBDIR).iterdir() if p.is_file()):
+            Console().print(f"{f}  ({oct(f.stat().st_mode & 0o777)})")
+        return
 
     opts: dict[str, Any] = {}
     for item in option or []:
@@ -255,8 +291,6 @@ def keys_generate(
         prepare_generate(scheme, out, force=force)
     except SecfedError as err:
         _fail(err)
-    import crypto
-
     try:
         proto = crypto.create_protocol(scheme, **opts)
         out.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -154,4 +154,23 @@ def load_or_create_keys(params: cp.CkksParams, key_dir: Path | None) -> CkksKeys
         public = public if public is not None else _keyless(client)
     assert public is not None
     server = _open(public, "public.ctx", private=False, scale=scale, parms=parms)
-    return CkksKeys(server=server, client=client, scale=scale)
+    keys = CkksKeys(server=server, client=client, scale=scale)
+    if client is not None:
+        self_test(keys, params)
+    return keys
+
+
+def self_test(keys: CkksKeys, params: cp.CkksParams) -> None:
+    """Encrypt and decrypt a test vector with the secret context (KeyMaterialError if wrong)."""
+    probe = np.linspace(-1.0, 1.0, 16) * min(1.0, params.clip)
+    try:
+        (ct,) = keys.encrypt(probe, [probe.size])
+        vec = ts.ckks_vector_from(keys.client, cp.wrap_chunk(ct, size=probe.size, scale=keys.scale))
+        got = np.asarray(vec.decrypt(), dtype=np.float64)
+    except TS_ERRORS as err:
+        raise KeyMaterialError(f"CKKS secret.ctx fails its self-test: {err}") from None
+    if got.shape != probe.shape or float(np.max(np.abs(got - probe))) > 1e-3:
+        raise KeyMaterialError(
+            "CKKS secret.ctx fails its self-test (a test vector does not decrypt to itself): "
+            "the key file is corrupt; generate a new key set (secfed keys generate --scheme ckks)"
+        )

@@ -12,12 +12,19 @@ aggregate goes back to the surviving clients, who decrypt it (``learned_by = "cl
 Dropouts: one collection stage; clients absent from it are excluded, any n - 1 may drop.
 It breaks if the server colludes with any one client (the shared key opens every upload), if
 another party reads a client's upload in transit (use an authenticated, encrypted channel),
-or if the server is malicious (it could return one client's ciphertext as "the aggregate";
-the server is assumed honest-but-curious). Exact CKKS decryptions leak the secret key to
-whoever also holds the ciphertext (Li and Micciancio, EUROCRYPT 2021): clients round every
-decrypted value to a power-of-two grid just above the noise bound before releasing it, a
-heuristic mitigation; do not hand raw decryptions to the server. Client inputs are not
-proven well-formed: a client can bias the sum (the decryptors only check it is in range).
+or if the server is malicious in ways the checks below miss. Against a malicious server given
+the roster, decoders verify each listed contributor's signed statement (attempt, id, upload
+hash) and their own membership, so a list naming clients that did not upload in this attempt
+or leaving out the decoder is refused. Which of the listed uploads the server actually summed
+is NOT bound (CKKS has no exact check slot): it could return a subset, e.g. one client's
+ciphertext, as the aggregate of the whole list, caught only if the range check trips. Every
+message is signed and bound to the attempt (:mod:`crypto.core.channel`): a network
+attacker's altered or replayed message is refused as its sender's dropout. Exact CKKS
+decryptions leak the secret key to whoever also holds the ciphertext (Li and Micciancio,
+EUROCRYPT 2021): clients round every decrypted value to a power-of-two grid just above the
+noise bound before releasing it, a heuristic mitigation; do not hand raw decryptions to the
+server. Client inputs are not proven well-formed: a client can bias the sum (the decryptors
+only check it is in range).
 
 Wire (every message framed by :mod:`crypto.core.wire`, tag ``ckks``):
 
@@ -48,6 +55,7 @@ scale 2**36) 1M parameters upload at 16.1 bytes each and the aggregate returns a
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import struct
 from collections.abc import Mapping
@@ -59,6 +67,8 @@ import tenseal as ts
 from numpy.typing import NDArray
 
 from ..core import wire
+from ..core.channel import Channel
+from ..core.identity import Keyring
 from ..core.protocol import (
     Aggregate,
     ClientSession,
@@ -67,6 +77,7 @@ from ..core.protocol import (
     ServerSession,
     ServerStep,
     ThreatModel,
+    adversaries,
 )
 from ..core.registry import register
 from ..errors import EncodingError, KeyMaterialError, ProtocolError
@@ -77,6 +88,13 @@ _NAME = "ckks"
 _HELLO = struct.Struct("!4QdB")
 _U32 = struct.Struct("!I")
 _F64 = struct.Struct("!d")
+_STATEMENT = struct.Struct("!I32s64s")
+_SIG = 64
+
+
+def contribution_statement(binding: bytes, client: int, upload_hash: bytes) -> bytes:
+    """What a client signs about its upload: this attempt, its id and the upload's hash."""
+    return b"secfed/ckks/v2/contribution" + binding + _U32.pack(client) + upload_hash
 
 
 # -- sessions --------------------------------------------------------------------------
@@ -104,8 +122,13 @@ class CkksClient(ClientSession):
         *,
         params: cp.CkksParams,
         keys: CkksKeys,
+        keyring: Keyring | None = None,
     ):
         super().__init__(spec, client_id, vector, weight)
+        self._channel = Channel(
+            tag=_NAME, session_id=spec.session_id, me=client_id, keyring=keyring,
+            stage_names=("encrypted input", "aggregate"),
+        )  # fmt: skip
         if keys.client is None:
             raise KeyMaterialError(
                 "this party holds only public.ctx: a client needs key_dir/ckks/secret.ctx"
@@ -126,12 +149,9 @@ class CkksClient(ClientSession):
         self._result: Aggregate | None = None
 
     def handle(self, message: bytes) -> bytes | None:
-        sid = self.spec.session_id
         if self._stage > 1:
             raise ProtocolError(f"client {self.client_id}'s round is over: replayed message")
-        body = wire.unframe(
-            message, protocol=_NAME, session_id=sid, stage=self._stage, sender=wire.SERVER
-        )
+        body = self._channel.open(message, stage=self._stage, sender=wire.SERVER)
         self._stage += 1
         if self._stage == 2:
             self._result = self._decrypt(body)
@@ -149,22 +169,30 @@ class CkksClient(ClientSession):
         except TS_ERRORS as err:
             raise EncodingError(f"CKKS encoding failed: {err}") from None
         payload = head + cp.pack_chunks(chunks)
-        return wire.frame(
-            protocol=_NAME, session_id=sid, stage=0, sender=self.client_id, payload=payload
+        statement = contribution_statement(
+            self._channel.binding, self.client_id, hashlib.sha256(payload).digest()
         )
+        sig = self._channel.sign(statement).ljust(_SIG, b"\0")
+        return self._channel.seal(0, wire.SERVER, payload + sig)
 
     def _decrypt(self, body: bytes) -> Aggregate:
         p, dim = self.params, self.spec.dim
         try:
             (n,) = _U32.unpack_from(body)
-            ids = struct.unpack_from(f"!{n}I", body, _U32.size)
+            rows = [_STATEMENT.unpack_from(body, _U32.size + _STATEMENT.size * i) for i in range(n)]
         except struct.error:
             raise ProtocolError("final CKKS message is truncated") from None
-        pos = _U32.size * (n + 1)
+        ids = tuple(int(r[0]) for r in rows)
+        pos = _U32.size + _STATEMENT.size * n
         if list(ids) != sorted(set(ids)) or not set(ids) <= set(self.spec.cohort):
             raise ProtocolError(f"contributors {ids} are not distinct members of the cohort")
         if self.client_id not in ids:
             raise ProtocolError(f"the aggregate sent to client {self.client_id} excludes it")
+        for cid, digest, sig in rows:
+            self._channel.check_signature(
+                cid, sig, contribution_statement(self._channel.binding, cid, digest),
+                what=f"contribution of client {cid} listed in the aggregate",
+            )  # fmt: skip
         total = wsq = 0.0
         if p.weighting == "server":
             if len(body) < pos + 2 * _F64.size:
@@ -206,27 +234,42 @@ class CkksClient(ClientSession):
 class CkksServer(ServerSession):
     """Adds the clients' ciphertexts (times their clear weights with server weighting)."""
 
-    def __init__(self, spec: RoundSpec, *, params: cp.CkksParams, keys: CkksKeys):
+    def __init__(
+        self,
+        spec: RoundSpec,
+        *,
+        params: cp.CkksParams,
+        keys: CkksKeys,
+        keyring: Keyring | None = None,
+    ):
         super().__init__(spec)
+        self._channel = Channel(
+            tag=_NAME, session_id=spec.session_id, me=wire.SERVER, keyring=keyring,
+            stage_names=("encrypted input", "aggregate"),
+        )  # fmt: skip
         cp.check_cohort(params, n_clients=len(spec.cohort))
         self.params, self.keys = params, keys
         self._sizes = cp.chunk_sizes(params, length=spec.dim + (params.weighting == "client"))
         self._done = False
 
     def start(self) -> dict[int, bytes]:
-        sid, payload = self.spec.session_id, _hello(self.params, self.keys)
-        msg = wire.frame(
-            protocol=_NAME, session_id=sid, stage=0, sender=wire.SERVER, payload=payload
-        )
-        return dict.fromkeys(self.spec.cohort, msg)
+        payload = _hello(self.params, self.keys)
+        return {cid: self._channel.seal(0, cid, payload) for cid in self.spec.cohort}
 
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("ckks round already finished")
-        bodies = wire.collect_replies(
-            replies, protocol=_NAME, session_id=self.spec.session_id, stage=0,
-            cohort=self.spec.cohort,
-        )  # fmt: skip
+        signed = self._channel.collect(
+            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
+        )
+        bodies, statements = {}, {}
+        for cid, body in signed.items():
+            if len(body) < _SIG:
+                self.refused[cid] = f"client {cid}'s upload is truncated"
+                continue
+            bodies[cid] = body[:-_SIG]
+            statements[cid] = _STATEMENT.pack(cid, hashlib.sha256(body[:-_SIG]).digest(),
+                                              body[-_SIG:])  # fmt: skip
         p, ctx, server_w = self.params, self.keys.server, self.params.weighting == "server"
         acc: list[ts.CKKSVector] = []
         total = wsq = 0.0
@@ -247,17 +290,14 @@ class CkksServer(ServerSession):
                 except TS_ERRORS as err:
                     raise ProtocolError(f"{who}'s ciphertext does not fit the sum: {err}") from None
             total, wsq = total + w, wsq + w * w
-        self._check(acc, sorted(replies))
-        ids = sorted(replies)
-        head = _U32.pack(len(ids)) + struct.pack(f"!{len(ids)}I", *ids)
+        ids = sorted(bodies)
+        self._check(acc, ids)
+        head = _U32.pack(len(ids)) + b"".join(statements[c] for c in ids)
         if server_w:
             head += _F64.pack(total) + _F64.pack(wsq)
         payload = head + cp.pack_chunks([cp.unwrap_chunk(v.serialize()) for v in acc])
-        sid, self._done = self.spec.session_id, True
-        msg = wire.frame(
-            protocol=_NAME, session_id=sid, stage=1, sender=wire.SERVER, payload=payload
-        )
-        return ServerStep(messages=dict.fromkeys(ids, msg), final=True)
+        self._done = True
+        return ServerStep(messages={c: self._channel.seal(1, c, payload) for c in ids}, final=True)
 
     def _check(self, acc: list[ts.CKKSVector], ids: list[int]) -> None:
         """Every sum must be a 2-part ciphertext at the expected level and scale."""
@@ -286,6 +326,7 @@ class CkksProtocol(Protocol):
         self._keys: CkksKeys | None = None
 
     def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:
+        self.load_identities(key_dir)
         self._keys = load_or_create_keys(self.params, key_dir)
 
     @property
@@ -298,10 +339,13 @@ class CkksProtocol(Protocol):
         self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
     ) -> ClientSession:
         cp.check_cohort(self.params, n_clients=len(spec.cohort))
-        return CkksClient(spec, client_id, vector, weight, params=self.params, keys=self.keys)
+        return CkksClient(
+            spec, client_id, vector, weight, params=self.params, keys=self.keys,
+            keyring=self.keyring,
+        )  # fmt: skip
 
     def server_session(self, spec: RoundSpec) -> ServerSession:
-        return CkksServer(spec, params=self.params, keys=self.keys)
+        return CkksServer(spec, params=self.params, keys=self.keys, keyring=self.keyring)
 
     def max_dropouts(self, cohort_size: int) -> int:
         return cohort_size - 1
@@ -316,7 +360,17 @@ class CkksProtocol(Protocol):
             + ("each weight and the total in the clear" if clear else "no weight (encrypted)"),
             dropouts="any n - 1; clients missing from the one collection stage are excluded",
             breaks_if="the server colludes with any client (the shared key opens every upload),"
-            " uploads leak in transit, the server is malicious, or raw decryptions reach it",
+            " uploads leak in transit, or raw decryptions reach it",
+            adversaries=adversaries(
+                authenticated=self.authenticated,
+                semi_honest="sees ciphertexts, their count, cohort and dropouts"
+                + (", each weight" if clear else "")
+                + "; never an update nor the aggregate",
+                malicious="decoders verify every listed contributor's signed statement over its "
+                "upload hash and refuse an aggregate that excludes them; NOT bound: which listed "
+                "uploads were summed (a subset, e.g. one client's ciphertext, passed off as the "
+                "list's aggregate is caught only by the range check): a wrong sum is possible",
+            ),
             notes=(
                 "aggregate learned by the surviving clients, who decrypt it",
                 "released values are rounded to a grid above the CKKS noise bound",

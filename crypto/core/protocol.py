@@ -27,6 +27,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import ParameterError, ProtocolError
+from . import identity
+from .identity import Keyring
 
 LearnedBy = Literal["server", "clients"]
 
@@ -93,6 +95,9 @@ class ThreatModel:
     dropouts: str
     breaks_if: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    # What holds against each adversary: "semi_honest_server", "malicious_server_with_roster",
+    # "network_attacker" (each sentence attacked by a test in tests/crypto/).
+    adversaries: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -102,7 +107,40 @@ class ThreatModel:
             "dropouts": self.dropouts,
             "breaks_if": self.breaks_if,
             "notes": list(self.notes),
+            "adversaries": dict(self.adversaries),
         }
+
+
+ROSTER = (
+    "the job's roster (client id -> Ed25519 public key, made at job start or by `secfed keys "
+    "generate --scheme identity`) is the PKI every party trusts"
+)
+NETWORK = (
+    "every message is authenticated by its sender over job, round, cohort, a per-attempt "
+    "nonce, stage, sender and recipient (Ed25519 signatures checked against the roster, or a "
+    "GMAC under a pair key agreed by signed messages): an altered, injected, "
+    "re-addressed, re-stamped or replayed message (also from an earlier attempt) is refused "
+    "and counts as its sender's dropout, never a wrong sum; messages are not encrypted"
+)
+UNAUTHENTICATED = (
+    "UNAUTHENTICATED mode (no roster): messages are unsigned, so nothing holds against a "
+    "malicious server or a network attacker beyond what the payloads protect themselves"
+)
+
+
+def adversaries(*, authenticated: bool, semi_honest: str, malicious: str) -> dict[str, str]:
+    """The threat model's per-adversary statements (network and roster text shared)."""
+    if not authenticated:
+        return {
+            "semi_honest_server": semi_honest,
+            "malicious_server_with_roster": UNAUTHENTICATED,
+            "network_attacker": UNAUTHENTICATED,
+        }
+    return {
+        "semi_honest_server": semi_honest,
+        "malicious_server_with_roster": f"{ROSTER}; {malicious}",
+        "network_attacker": NETWORK,
+    }
 
 
 class ClientSession(ABC):
@@ -137,6 +175,8 @@ class ServerSession(ABC):
 
     def __init__(self, spec: RoundSpec):
         self.spec = spec
+        # Clients whose message failed a check, with the reason: they count as dropped out.
+        self.refused: dict[int, str] = {}
 
     @abstractmethod
     def start(self) -> dict[int, bytes]:
@@ -171,9 +211,27 @@ class Protocol(ABC):
                 f"unknown option(s) {sorted(unknown)} for protocol {self.name!r}; known: {known}"
             )
         self.options = dict(options)
+        self.keyring: Keyring | None = None
 
-    def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:  # noqa: B027
-        """Create or load job-wide key material (default: none needed)."""
+    def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:
+        """Create or load job-wide key material; loads ``key_dir/identity`` when present."""
+        self.load_identities(key_dir)
+
+    def load_identities(self, key_dir: Path | None) -> None:
+        """Adopt the roster and identity keys in ``key_dir/identity`` if that directory exists."""
+        if key_dir is not None and self.keyring is None:
+            found = identity.load(Path(key_dir) / identity.SUBDIR)
+            if found is not None:
+                self.use_identities(found)
+
+    def use_identities(self, keyring: Keyring | None) -> None:
+        """Sign and check every message against ``keyring`` (None: UNAUTHENTICATED mode)."""
+        self.keyring = keyring
+
+    @property
+    def authenticated(self) -> bool:
+        """Whether messages are signed and checked against a roster."""
+        return self.keyring is not None
 
     @abstractmethod
     def client_session(

@@ -64,6 +64,7 @@ class Delivery:
     replies: dict[int, bytes] = field(default_factory=dict)
     client_seconds: dict[int, float] = field(default_factory=dict)
     aggregates: list[Aggregate] = field(default_factory=list)
+    refusals: dict[int, str] = field(default_factory=dict)
 
 
 class Transport(Protocol):
@@ -76,7 +77,8 @@ class InProcessTransport:
     """Calls the client sessions directly; ``drop_at`` simulates dropouts.
 
     ``drop_at`` maps a client id to the stage (0-based) from which it stops answering:
-    ``{3: 2}`` makes client 3 answer stages 0 and 1, then vanish.
+    ``{3: 2}`` makes client 3 answer stages 0 and 1, then vanish. A client that refuses a
+    message (``ProtocolError``: it failed a check) does not answer either, as over Flower.
     """
 
     def __init__(
@@ -93,7 +95,11 @@ class InProcessTransport:
             if cid not in self.clients:
                 raise ProtocolError(f"server addressed client {cid}, which has no session here")
             t0 = time.perf_counter()
-            reply = self.clients[cid].handle(msg)
+            try:
+                reply = self.clients[cid].handle(msg)
+            except ProtocolError as err:  # the client refused the message: it drops out
+                out.refusals[cid] = f"{type(err).__name__}: {err}"
+                continue
             out.client_seconds[cid] = time.perf_counter() - t0
             out.answered.add(cid)
             if final:
@@ -133,6 +139,7 @@ def drive_round(server: ServerSession, transport: Transport) -> RoundOutcome:
         t1 = time.perf_counter()
         step = server.advance({c: r for c, r in delivery.replies.items() if c in alive})
         traffic.server_seconds += time.perf_counter() - t1
+        alive -= set(server.refused)
         stage += 1
         messages, final = step.messages, step.final
         if final and not messages:

@@ -1,28 +1,45 @@
 """Binary framing shared by every protocol message.
 
-Each message is ``header || payload``. The header binds the message to one protocol, one
-round of one job (the session id), one stage and one sender, so a truncated, foreign,
-replayed or out-of-order message is rejected before its payload is parsed::
+Each message is ``header || [key] || payload || authenticator``. The header binds the
+message to one protocol, one round of one job (the session id: job, round, cohort), one
+attempt of that round (a fresh nonce the server draws when it opens the round), one stage, its
+sender and its recipient. The authenticator is either the sender's Ed25519 signature (see
+:mod:`crypto.core.identity`) over header, key and the payload's SHA-256, or, once the two
+ends of a client-server pair have exchanged signed per-attempt X25519 keys (``key``, carried
+by their first messages), a 16-byte GMAC under their pair key. Checking is done by
+:class:`crypto.core.channel.Channel`::
 
-    magic  b"SFD1"      4 bytes
-    tag    protocol     8 bytes, ASCII name padded with NUL
-    sid    session id  16 bytes
-    stage  uint8
-    sender uint32       client id, or SERVER for the server
-    length uint64       payload length in bytes
+    magic     b"SFD2"      4 bytes
+    tag       protocol     8 bytes, ASCII name padded with NUL
+    sid       session id  16 bytes
+    nonce     attempt     16 bytes
+    stage     uint8
+    flags     uint8        bit 0: signed, bit 1: carries a key, bit 2: MACed
+    sender    uint32       client id, or SERVER for the server
+    recipient uint32
+    length    uint64       payload length in bytes
+
+An unsigned frame (flag 0) is only produced and accepted where no roster was given (the
+loudly named unauthenticated mode); a party holding a roster refuses it.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ..errors import DropoutError, ProtocolError
+from ..errors import ProtocolError
+from .identity import SERVER_ID, SIGNATURE_BYTES
 
-MAGIC = b"SFD1"
-SERVER = 0xFFFFFFFF
-_HEADER = struct.Struct("!4s8s16sBIQ")
+MAGIC = b"SFD2"
+SERVER = SERVER_ID
+NONCE_BYTES = 16
+SIGNED = 1
+KEYED = 2
+MACED = 4
+KEY_BYTES = 32
+MAC_BYTES = 16
+_HEADER = struct.Struct("!4s8s16s16sBBIIQ")
 HEADER_SIZE = _HEADER.size
 
 
@@ -39,17 +56,46 @@ class Header:
 
     protocol: str
     session_id: bytes
+    nonce: bytes
     stage: int
+    flags: int
     sender: int
+    recipient: int
     length: int
 
+    @property
+    def signed(self) -> bool:
+        return bool(self.flags & SIGNED)
 
-def frame(*, protocol: str, session_id: bytes, stage: int, sender: int, payload: bytes) -> bytes:
-    """Prefix ``payload`` with a header binding it to protocol, session, stage and sender."""
-    if len(session_id) != 16:
-        raise ValueError(f"session id must be 16 bytes, got {len(session_id)}")
-    header = _HEADER.pack(MAGIC, _tag(protocol), session_id, stage, sender, len(payload))
-    return header + payload
+    @property
+    def keyed(self) -> bool:
+        return bool(self.flags & KEYED)
+
+    @property
+    def maced(self) -> bool:
+        return bool(self.flags & MACED)
+
+
+def header(
+    *,
+    protocol: str,
+    session_id: bytes,
+    nonce: bytes,
+    stage: int,
+    sender: int,
+    recipient: int,
+    length: int,
+    signed: bool,
+    keyed: bool = False,
+    maced: bool = False,
+) -> bytes:
+    """The header of a message (the authenticator covers it and the payload)."""
+    if len(session_id) != 16 or len(nonce) != NONCE_BYTES:
+        raise ValueError("session id and nonce must be 16 bytes each")
+    flags = (SIGNED if signed else 0) | (KEYED if keyed else 0) | (MACED if maced else 0)
+    return _HEADER.pack(
+        MAGIC, _tag(protocol), session_id, nonce, stage, flags, sender, recipient, length
+    )
 
 
 def peek(message: bytes) -> Header:
@@ -61,68 +107,32 @@ def peek(message: bytes) -> Header:
             f"message of {len(message)} bytes is shorter than the {HEADER_SIZE}-byte header: "
             "truncated or not a secfed message"
         )
-    magic, tag, sid, stage, sender, length = _HEADER.unpack_from(message)
+    magic, tag, sid, nonce, stage, flags, sender, recipient, length = _HEADER.unpack_from(message)
     if magic != MAGIC:
         raise ProtocolError(f"bad magic {magic!r}: not a secfed protocol message")
-    return Header(tag.rstrip(b"\0").decode("ascii", "replace"), sid, stage, sender, length)
+    name = tag.rstrip(b"\0").decode("ascii", "replace")
+    return Header(name, sid, nonce, stage, flags, sender, recipient, length)
 
 
-def unframe(
-    message: bytes,
-    *,
-    protocol: str,
-    session_id: bytes,
-    stage: int,
-    sender: int | None = None,
-) -> bytes:
-    """Check the header against what the receiver expects and return the payload.
-
-    Raises ``ProtocolError`` naming the mismatch: wrong protocol, another job or round,
-    a replayed or out-of-order stage, an unexpected sender, or a truncated payload.
-    """
+def split(message: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
+    """Decoded header, raw header bytes, payload, authenticator and carried key."""
     head = peek(message)
-    if head.protocol != protocol:
-        raise ProtocolError(f"message for protocol {head.protocol!r}, expected {protocol!r}")
-    if head.session_id != session_id:
+    if head.flags & ~(SIGNED | KEYED | MACED) or (head.signed and head.maced):
+        raise ProtocolError(f"message has unknown or conflicting flags {head.flags:#x}")
+    key_len = KEY_BYTES if head.keyed else 0
+    auth_len = SIGNATURE_BYTES if head.signed else MAC_BYTES if head.maced else 0
+    if len(message) != HEADER_SIZE + key_len + head.length + auth_len:
         raise ProtocolError(
-            "message belongs to another job or round (session id mismatch): foreign or replayed"
+            f"message is {len(message)} bytes but its header announces a {head.length}-byte "
+            "payload and its flags: truncated or padded"
         )
-    if head.stage != stage:
-        raise ProtocolError(
-            f"stage {head.stage} message where stage {stage} was expected: replayed or out of order"
-        )
-    if sender is not None and head.sender != sender:
-        raise ProtocolError(f"message claims sender {head.sender}, expected {sender}")
-    body = bytes(message[HEADER_SIZE:])
-    if len(body) != head.length:
-        raise ProtocolError(
-            f"payload is {len(body)} bytes but the header announces {head.length}: "
-            "truncated or padded"
-        )
-    return body
-
-
-def collect_replies(
-    replies: Mapping[int, bytes],
-    *,
-    protocol: str,
-    session_id: bytes,
-    stage: int,
-    cohort: Iterable[int],
-) -> dict[int, bytes]:
-    """Payloads of one stage's replies, by client id in ascending order.
-
-    Raises ``DropoutError`` when nobody answered and ``ProtocolError`` for a reply from
-    outside the cohort or one whose header does not match (see :func:`unframe`).
-    """
-    if not replies:
-        raise DropoutError("every client of the cohort dropped out: nothing to aggregate")
-    members = set(cohort)
-    bodies = {}
-    for cid in sorted(replies):
-        if cid not in members:
-            raise ProtocolError(f"reply from client {cid}, who is not in the cohort")
-        bodies[cid] = unframe(
-            replies[cid], protocol=protocol, session_id=session_id, stage=stage, sender=cid
-        )
-    return bodies
+    start = HEADER_SIZE + key_len
+    end = start + head.length
+    view = memoryview(message)
+    return (
+        head,
+        bytes(view[:HEADER_SIZE]),
+        bytes(view[start:end]),
+        bytes(view[end:]),
+        bytes(view[HEADER_SIZE:start]),
+    )

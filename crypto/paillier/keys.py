@@ -16,6 +16,7 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+import gmpy2
 from phe import paillier as phe_paillier
 
 from ..errors import KeyMaterialError
@@ -82,6 +83,12 @@ class PrivateKey:
     def __post_init__(self) -> None:
         if self.p == self.q or min(self.p, self.q) < 3:
             raise KeyMaterialError("a Paillier private key needs two distinct odd primes")
+        for name, value in (("p", self.p), ("q", self.q)):
+            if not gmpy2.is_prime(value, 64):  # Miller-Rabin, 64 rounds: self-test at load
+                raise KeyMaterialError(
+                    f"Paillier private key: {name} is not prime; the key file is corrupt or "
+                    "forged: generate a new key set (secfed keys generate --scheme paillier)"
+                )
 
     @property
     def public(self) -> PublicKey:

@@ -15,6 +15,12 @@ Threat model
 * Clients are assumed to follow the encoding (semi-honest): a malicious client can corrupt the
   aggregate with out-of-range plaintexts (no range proofs). Decoding refuses sums that are
   impossible for honest inputs, but cannot catch every bad contribution.
+* Malicious server given the roster: clients sign ``(attempt, id, SHA-256 of their
+  ciphertexts)``; decoders verify the listed contributors' statements, refuse an aggregate
+  that excludes them, and check keyed check slots (see :mod:`crypto.paillier.sessions`), so a
+  cut, swapped or padded contributor list is refused rather than decoded into a wrong sum.
+* Network attacker: every message is signed and bound to the attempt (:mod:`crypto.core.
+  channel`); an altered or replayed message is refused as its sender's dropout.
 * Dropouts: one collection stage; clients that do not send are left out of the sum, so up to
   ``n - 1`` of ``n`` may drop; if none sends, :class:`~crypto.errors.DropoutError`.
 
@@ -43,7 +49,14 @@ from typing import Any
 from numpy.typing import NDArray
 
 from ..core.packing import Quantiser
-from ..core.protocol import ClientSession, Protocol, RoundSpec, ServerSession, ThreatModel
+from ..core.protocol import (
+    ClientSession,
+    Protocol,
+    RoundSpec,
+    ServerSession,
+    ThreatModel,
+    adversaries,
+)
 from ..core.registry import register
 from ..errors import KeyMaterialError, ParameterError
 from . import math as pm
@@ -125,6 +138,7 @@ class PaillierProtocol(Protocol):
         A directory holding only ``public.key`` (the server's copy) gives a server-only party;
         ``key_dir=None`` keeps freshly generated keys in memory.
         """
+        self.load_identities(key_dir)
         if key_dir is None:
             if self._public_bytes is None:
                 private = generate_keypair(bits=self.key_bits)
@@ -182,10 +196,13 @@ class PaillierProtocol(Protocol):
             base=self._base,
             quantiser=self.quantiser,
             workers=self.workers,
+            keyring=self.keyring,
         )
 
     def server_session(self, spec: RoundSpec) -> ServerSession:
-        return PaillierServer(spec, public_key=self.public_key_bytes, quantiser=self.quantiser)
+        return PaillierServer(
+            spec, public_key=self.public_key_bytes, quantiser=self.quantiser, keyring=self.keyring
+        )
 
     def max_dropouts(self, cohort_size: int) -> int:
         return cohort_size - 1
@@ -200,6 +217,17 @@ class PaillierProtocol(Protocol):
             dropouts="up to n - 1 of n: clients that do not send are left out of the sum",
             breaks_if="any single client colludes with the server: the shared private key "
             "decrypts every other client's individual update held by the server",
+            adversaries=adversaries(
+                authenticated=self.authenticated,
+                semi_honest="sees ciphertexts, their sizes and who answered; never an update "
+                "nor the aggregate",
+                malicious="decoders check every listed contributor's signed statement over its "
+                "ciphertext hash, their own membership, and keyed check slots that only key "
+                "holders can compute, so an aggregate of other ciphertexts than the listed ones "
+                "(a cut, swapped or repeated list, or one client's ciphertext passed off as a "
+                "sum) is refused; it can still drop clients, and it learns nothing it could not "
+                "as a semi-honest server",
+            ),
             notes=(
                 "clients are assumed semi-honest: a malicious client can corrupt the aggregate "
                 "(no range proofs)",

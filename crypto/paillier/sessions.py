@@ -2,18 +2,31 @@
 
 The client packs and encrypts its update, then decrypts and decodes the aggregate it is sent;
 the server is built from the public key bytes alone and only multiplies ciphertexts.
+
+Binding the aggregate to its contributors: each client signs ``(attempt, id, SHA-256 of its
+ciphertexts)`` and appends :data:`CHECK_SLOTS` check terms to its plaintext, keyed values
+``HMAC(K, attempt || id || j)`` with ``K`` derived from the private key (clients hold it, the
+server does not). The final message lists the contributors with their signed statements; a
+decoder checks every signature, its own membership, and that the decrypted check slots equal
+the sum of the listed clients' check values, so an aggregate holding other ciphertexts than
+the listed ones (a cut list, a swapped or repeated contributor) is refused except with
+probability about ``2**-(CHECK_SLOTS * (precision_bits + 1))``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import struct
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 from numpy.typing import NDArray
 
 from ..core import wire
+from ..core.channel import Channel
+from ..core.identity import Keyring
 from ..core.packing import (
     WEIGHT_SLOTS,
     Quantiser,
@@ -26,12 +39,30 @@ from ..core.packing import (
     unpack,
 )
 from ..core.protocol import Aggregate, ClientSession, RoundSpec, ServerSession, ServerStep
-from ..errors import ProtocolError
+from ..errors import DropoutError, ProtocolError
 from . import math as pm
 from .keys import PrivateKey, PublicKey
 
 NAME = "paillier"
+STAGES = ("encrypted input", "aggregate")
+CHECK_SLOTS = 3
 _U32 = struct.Struct("!I")
+_STATEMENT = struct.Struct("!I32s64s")
+
+
+def contribution_statement(binding: bytes, client: int, cipher_hash: bytes) -> bytes:
+    """What a client signs about its upload: this attempt, its id and its ciphertexts' hash."""
+    return b"secfed/paillier/v2/contribution" + binding + _U32.pack(client) + cipher_hash
+
+
+def check_terms(private: PrivateKey, binding: bytes, client: int, term_max: int) -> list[int]:
+    """The client's keyed check values for this attempt (only key holders can compute them)."""
+    key = hashlib.sha256(b"secfed/paillier/v2/check-key" + private.to_bytes()).digest()
+    out = []
+    for j in range(CHECK_SLOTS):
+        mac = hmac.new(key, binding + _U32.pack(client) + bytes([j]), hashlib.sha256).digest()
+        out.append(int.from_bytes(mac, "big") % (term_max + 1))
+    return out
 
 
 def digest(public: PublicKey, quantiser: Quantiser) -> bytes:
@@ -46,7 +77,7 @@ def _layout(spec: RoundSpec, public: PublicKey, quantiser: Quantiser) -> SlotLay
         term_max=quantiser.term_max,
         parties=len(spec.cohort),
         plaintext_bits=public.plaintext_bits,
-        count=spec.dim + WEIGHT_SLOTS,
+        count=spec.dim + WEIGHT_SLOTS + CHECK_SLOTS,
     )
 
 
@@ -64,15 +95,21 @@ class PaillierClient(ClientSession):
         base: pm.DJNBase,
         quantiser: Quantiser,
         workers: int,
+        keyring: Keyring | None,
     ):
         super().__init__(spec, client_id, vector, weight)
         self._private, self._base, self._quantiser = private, base, quantiser
         self._public = private.public
         self._workers = workers
         self._layout = _layout(spec, self._public, quantiser)
+        self._channel = Channel(
+            tag=NAME, session_id=spec.session_id, me=client_id, keyring=keyring,
+            stage_names=STAGES,
+        )  # fmt: skip
         # Encode now: an update that would overflow is refused before anything is encrypted.
-        terms = quantise_weighted(self.vector, weight=self.weight, quantiser=quantiser)
-        self._plain: bytes | None = pack(terms, layout=self._layout)
+        self._terms: NDArray[np.uint64] | None = quantise_weighted(
+            self.vector, weight=self.weight, quantiser=quantiser
+        )
         self._stage = 0
         self._result: Aggregate | None = None
 
@@ -90,29 +127,41 @@ class PaillierClient(ClientSession):
         raise ProtocolError(f"client {self.client_id} already finished this round: replay")
 
     def _answer(self, message: bytes) -> bytes:
-        sid = self.spec.session_id
-        body = wire.unframe(message, protocol=NAME, session_id=sid, stage=0, sender=wire.SERVER)
+        body = self._channel.open(message, stage=0, sender=wire.SERVER)
         if body != digest(self._public, self._quantiser):
             raise ProtocolError(
                 "the server uses another Paillier key or other encoding options "
                 "(clip, max_weight, precision_bits): check both sides' configuration"
             )
-        assert self._plain is not None
+        assert self._terms is not None
+        binding = self._channel.binding
+        checks = check_terms(self._private, binding, self.client_id, self._quantiser.term_max)
+        terms = np.concatenate([self._terms, np.array(checks, dtype=np.uint64)])
         cipher = pm.encrypt_blob(
-            self._plain,
+            pack(terms, layout=self._layout),
             base=self._base,
             plain_width=self._layout.plaintext_bytes,
             workers=self._workers,
         )
-        self._plain, self._stage = None, 1
-        return wire.frame(
-            protocol=NAME, session_id=sid, stage=0, sender=self.client_id, payload=cipher
-        )
+        self._terms, self._stage = None, 1
+        digest_ = hashlib.sha256(cipher).digest()
+        sig = self._channel.sign(contribution_statement(binding, self.client_id, digest_))
+        return self._channel.seal(0, wire.SERVER, cipher + sig.ljust(64, b"\0"))
 
     def _decode(self, message: bytes) -> None:
-        sid = self.spec.session_id
-        body = wire.unframe(message, protocol=NAME, session_id=sid, stage=1, sender=wire.SERVER)
-        ids, cipher = _parse_final(body, self.spec, self._layout, self._public)
+        body = self._channel.open(message, stage=1, sender=wire.SERVER)
+        ids, statements, cipher = _parse_final(body, self.spec, self._layout, self._public)
+        if self.client_id not in ids:
+            raise ProtocolError(
+                f"the aggregate sent to client {self.client_id} excludes it: refusing to decode "
+                "another selection of clients' updates"
+            )
+        binding = self._channel.binding
+        for cid, (digest_, sig) in zip(ids, statements, strict=True):
+            self._channel.check_signature(
+                cid, sig, contribution_statement(binding, cid, digest_),
+                what=f"contribution of client {cid} listed in the aggregate",
+            )  # fmt: skip
         plain = pm.decrypt_blob(
             cipher,
             p=self._private.p,
@@ -121,7 +170,17 @@ class PaillierClient(ClientSession):
             workers=self._workers,
         )
         sums = unpack(plain, layout=self._layout)
-        weighted, total = dequantise_sums(sums, contributors=len(ids), quantiser=self._quantiser)
+        term_max = self._quantiser.term_max
+        want = [sum(col) for col in zip(*(check_terms(self._private, binding, c, term_max)
+                                          for c in ids), strict=True)]  # fmt: skip
+        if [int(v) for v in sums[-CHECK_SLOTS:]] != want:
+            raise ProtocolError(
+                f"the aggregate sent to client {self.client_id} does not hold exactly the "
+                f"contributions of clients {list(ids)}: list cut, swapped or padded; refusing"
+            )
+        weighted, total = dequantise_sums(
+            sums[:-CHECK_SLOTS], contributors=len(ids), quantiser=self._quantiser
+        )
         bound = error_bound(contributors=len(ids), quantiser=self._quantiser)
         self._result = Aggregate(weighted, total, ids, "clients", bound)
         self._stage = 2
@@ -133,74 +192,75 @@ class PaillierClient(ClientSession):
 class PaillierServer(ServerSession):
     """Multiplies the ciphertexts it receives; holds the public key only."""
 
-    def __init__(self, spec: RoundSpec, *, public_key: bytes, quantiser: Quantiser):
+    def __init__(
+        self,
+        spec: RoundSpec,
+        *,
+        public_key: bytes,
+        quantiser: Quantiser,
+        keyring: Keyring | None,
+    ):
         super().__init__(spec)
         self._public = PublicKey.from_bytes(public_key)
         self._quantiser = quantiser
         self._layout = _layout(spec, self._public, quantiser)
+        self._channel = Channel(
+            tag=NAME, session_id=spec.session_id, me=wire.SERVER, keyring=keyring,
+            stage_names=STAGES,
+        )  # fmt: skip
         self._done = False
 
     def start(self) -> dict[int, bytes]:
-        hello = wire.frame(
-            protocol=NAME,
-            session_id=self.spec.session_id,
-            stage=0,
-            sender=wire.SERVER,
-            payload=digest(self._public, self._quantiser),
-        )
-        return {cid: hello for cid in self.spec.cohort}
+        hello = digest(self._public, self._quantiser)
+        return {cid: self._channel.seal(0, cid, hello) for cid in self.spec.cohort}
 
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("paillier round already finished")
-        bodies = wire.collect_replies(
-            replies, protocol=NAME, session_id=self.spec.session_id, stage=0,
-            cohort=self.spec.cohort,
-        )  # fmt: skip
+        bodies = self._channel.collect(
+            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
+        )
         width = self._public.ciphertext_bytes
-        expected = self._layout.plaintexts * width
-        parts = []
+        expected = self._layout.plaintexts * width + 64
+        parts, rows = [], []
         for cid, body in bodies.items():
-            if len(body) != expected:
-                raise ProtocolError(
-                    f"client {cid} sent {len(body)} payload bytes, expected {expected} "
-                    f"({self._layout.plaintexts} ciphertexts of {width} bytes)"
-                )
             try:
-                parts.append(pm.parse_ciphertexts(body, n=self._public.n, width=width))
+                if len(body) != expected:
+                    raise ProtocolError(
+                        f"client {cid} sent {len(body)} payload bytes, expected {expected} "
+                        f"({self._layout.plaintexts} ciphertexts of {width} bytes, signature)"
+                    )
+                cipher, sig = body[:-64], body[-64:]
+                parts.append(pm.parse_ciphertexts(cipher, n=self._public.n, width=width))
             except ProtocolError as err:
-                raise ProtocolError(f"client {cid}: {err}") from None
+                self.refused[cid] = f"client {cid}: {err}"
+                continue
+            rows.append(_STATEMENT.pack(cid, hashlib.sha256(cipher).digest(), sig))
+        if not parts:
+            raise DropoutError("no valid encrypted input: every client dropped out")
         total = pm.ciphertext_product(parts, n=self._public.n, width=width)
-        ids = sorted(replies)
-        payload = _U32.pack(len(ids)) + b"".join(_U32.pack(c) for c in ids) + total
+        payload = _U32.pack(len(rows)) + b"".join(rows) + total
         self._done = True
-        messages = {
-            cid: wire.frame(
-                protocol=NAME,
-                session_id=self.spec.session_id,
-                stage=1,
-                sender=wire.SERVER,
-                payload=payload,
-            )
-            for cid in ids
-        }
+        ids = [cid for cid in bodies if cid not in self.refused]
+        messages = {cid: self._channel.seal(1, cid, payload) for cid in ids}
         return ServerStep(messages=messages, final=True)
 
 
 def _parse_final(
     body: bytes, spec: RoundSpec, layout: SlotLayout, public: PublicKey
-) -> tuple[tuple[int, ...], bytes]:
+) -> tuple[tuple[int, ...], list[tuple[bytes, bytes]], bytes]:
     if len(body) < _U32.size:
         raise ProtocolError("final message is truncated: no contributor count")
     (count,) = _U32.unpack_from(body)
-    head = _U32.size * (1 + count)
+    head = _U32.size + _STATEMENT.size * count
     expected = head + layout.plaintexts * public.ciphertext_bytes
     if not 1 <= count <= len(spec.cohort) or len(body) != expected:
         raise ProtocolError(
             f"final message of {len(body)} bytes for {count} contributors is malformed "
             f"(expected {expected} bytes, at most {len(spec.cohort)} contributors)"
         )
-    ids = tuple(_U32.unpack_from(body, _U32.size * (1 + i))[0] for i in range(count))
+    rows = [_STATEMENT.unpack_from(body, _U32.size + _STATEMENT.size * i) for i in range(count)]
+    ids = tuple(int(r[0]) for r in rows)
     if list(ids) != sorted(set(ids)) or not set(ids) <= set(spec.cohort):
         raise ProtocolError(f"contributor list {ids} is not a sorted subset of the cohort")
-    return ids, body[head:]
+    return ids, [(bytes(r[1]), bytes(r[2])) for r in rows], body[head:]

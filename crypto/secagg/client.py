@@ -13,15 +13,20 @@ from numpy.typing import NDArray
 
 from ..core import keyagreement as ka
 from ..core import shamir, wire
+from ..core.channel import Channel
+from ..core.identity import Keyring
 from ..core.masking import apply_masks
 from ..core.protocol import ClientSession, RoundSpec
 from ..errors import DropoutError, EncodingError, ProtocolError
 from . import messages as msg
 from .encoding import RoundParams, encode_into, encode_weight, pack
-from .graph import neighbours_of_one
+from .graph import Graph
 
 log = logging.getLogger(__name__)
 _U64 = (1 << 64) - 1
+
+
+STAGES = ("advertise keys", "share keys", "masked input", "consistency check", "unmasking")
 
 
 def commitment(*, session_id: bytes, client: int, seed: bytes) -> bytes:
@@ -36,8 +41,14 @@ def share_aad(tag: str, session_id: bytes, sender: int, recipient: int) -> bytes
     return tag.encode("ascii") + session_id + struct.pack("!II", sender, recipient)
 
 
+def survivor_statement(binding: bytes, survivors: list[int]) -> bytes:
+    """What a client signs in the consistency check: this attempt and its survivor set."""
+    ids = struct.pack(f"!{len(survivors)}I", *survivors)
+    return b"secfed/secagg/v2/survivors" + binding + hashlib.sha256(ids).digest()
+
+
 class SecAggClient(ClientSession):
-    """One client's side: advertise keys, share secrets, send masked input, unmask."""
+    """One client's side: advertise keys, share secrets, send masked input, check, unmask."""
 
     def __init__(
         self,
@@ -48,6 +59,7 @@ class SecAggClient(ClientSession):
         *,
         tag: str,
         params: RoundParams,
+        keyring: Keyring | None,
     ):
         super().__init__(spec, client_id, vector, weight)
         if self.weight > params.max_weight:
@@ -58,11 +70,14 @@ class SecAggClient(ClientSession):
             )
         self._weight_fixed = encode_weight(self.weight)
         self._tag = tag
-        self._sid = spec.session_id
+        self._channel = Channel(
+            tag=tag, session_id=spec.session_id, me=client_id, keyring=keyring, stage_names=STAGES
+        )
+        self._sid = b""  # the attempt's binding, known once the server opened the round
         self._params = params
         self._stage = 0
         self._failed = False
-        self._neighbours: frozenset[int] = frozenset()
+        self._graph: Graph | None = None
         self._c_key = ka.generate()
         self._s_key = ka.generate()
         self._b_seed = b""
@@ -70,33 +85,24 @@ class SecAggClient(ClientSession):
         self._c_shared: dict[int, bytes] = {}
         self._held: dict[int, tuple[int, int]] = {}  # peer -> (b share, sk share) it gave us
         self._mask_peers: frozenset[int] = frozenset()
+        self._signed: list[int] | None = None  # the survivor set this client signed
+        self._my_signature = b""
 
     # -- dispatch ------------------------------------------------------------------------
     def handle(self, message: bytes) -> bytes | None:
         if self._failed:
             raise ProtocolError(f"client {self.client_id} aborted this round after an error")
-        if self._stage > 3:
+        if self._stage >= len(STAGES):
             raise ProtocolError(f"client {self.client_id} already finished this round: replay")
-        body = wire.unframe(
-            message,
-            protocol=self._tag,
-            session_id=self._sid,
-            stage=self._stage,
-            sender=wire.SERVER,
-        )
-        handler = (self._advertise, self._share, self._mask, self._unmask)[self._stage]
+        body = self._channel.open(message, stage=self._stage, sender=wire.SERVER)
+        self._sid = self._channel.binding
+        handler = (self._advertise, self._share, self._mask, self._sign, self._unmask)[self._stage]
         try:
             payload = handler(body)
         except Exception:
             self._failed = True
             raise
-        reply = wire.frame(
-            protocol=self._tag,
-            session_id=self._sid,
-            stage=self._stage,
-            sender=self.client_id,
-            payload=payload,
-        )
+        reply = self._channel.seal(self._stage, wire.SERVER, payload)
         self._stage += 1
         return reply
 
@@ -111,20 +117,25 @@ class SecAggClient(ClientSession):
                 f"server announces (k, t, modulus bits) = {theirs} but client "
                 f"{self.client_id} derives {mine}: both sides must use the same protocol options"
             )
-        self._neighbours = neighbours_of_one(
-            self.spec.cohort, self.client_id, k=g.neighbours, seed=setup.graph_seed
-        )
+        self._graph = Graph(self.spec.cohort, k=g.neighbours, seed=setup.graph_seed)
         return msg.encode_keys(ka.public_bytes(self._c_key), ka.public_bytes(self._s_key))
 
     # -- stage 1: share keys -------------------------------------------------------------
     def _share(self, body: bytes) -> bytes:
-        peers = msg.decode_peer_keys(body)
-        stray = set(peers) - self._neighbours
+        assert self._graph is not None
+        relayed = msg.decode_relayed(body)
+        mine = self._graph.neighbours(self.client_id)
+        stray = set(relayed) - mine
         if stray:
             raise ProtocolError(
                 f"server lists clients {sorted(stray)}, who are not neighbours of client "
                 f"{self.client_id} under the published graph"
             )
+        peers = {}
+        for pid, original in relayed.items():
+            # The peer's own signed advertisement: a server cannot substitute its keys.
+            advert = self._channel.open(original, stage=0, sender=pid, recipient=wire.SERVER)
+            peers[pid] = msg.decode_keys(advert)
         t = self._params.graph.threshold
         if len(peers) + 1 < t:
             raise DropoutError(
@@ -212,33 +223,75 @@ class SecAggClient(ClientSession):
         del self._c_key, self._s_key
         return tail.to_bytes(8, "little") + pack(acc, bits=p.modulus_bits)
 
-    # -- stage 3: unmasking --------------------------------------------------------------
-    def _unmask(self, body: bytes) -> bytes:
-        survivors, dropped = msg.decode_unmask_request(body)
-        both = set(survivors) & set(dropped)
-        if both:
-            raise ProtocolError(
-                f"server asks client {self.client_id} for both the self-mask and the mask-key "
-                f"share of clients {sorted(both)}: that would reveal their input; refusing"
-            )
-        if self.client_id not in survivors:
+    # -- stage 3: consistency check -----------------------------------------------------
+    def _survivors(self, ids: list[int]) -> list[int]:
+        if self.client_id not in ids:
             raise ProtocolError(
                 f"server lists client {self.client_id} as dropped although it sent its input"
             )
-        if set(survivors) | set(dropped) != self._mask_peers | {self.client_id}:
+        if not set(ids) <= set(self.spec.cohort):
+            raise ProtocolError("survivor set names clients outside the cohort")
+        return ids
+
+    def _sign(self, body: bytes) -> bytes:
+        survivors = self._survivors(msg.decode_ids(body, "survivors"))
+        self._signed = survivors
+        self._my_signature = self._channel.sign(survivor_statement(self._sid, survivors))
+        return self._my_signature
+
+    # -- stage 4: unmasking --------------------------------------------------------------
+    def _unmask(self, body: bytes) -> bytes:
+        assert self._graph is not None
+        survivors, signatures = msg.decode_unmask(body)
+        if survivors != self._signed:
             raise ProtocolError(
-                "unmask request does not classify exactly the clients whose shares "
-                f"client {self.client_id} holds"
+                f"the unmask request to client {self.client_id} names another survivor set "
+                "than the one it signed: the server shows clients inconsistent views; refusing"
             )
+        statement = survivor_statement(self._sid, survivors)
+        if stray := set(signatures) - set(survivors):
+            raise ProtocolError(f"consistency signatures of clients {sorted(stray)}, not survivors")
         t = self._params.graph.threshold
-        if len(survivors) < t:
+        alive = set(survivors)
+        # Ed25519 signatures are deterministic: our own needs no verification.
+        valid = (
+            {self.client_id: True} if signatures.get(self.client_id) == self._my_signature else {}
+        )
+        graph = self._graph
+
+        def backed(pid: int) -> int:
+            # Verify lazily, and only until t of pid's holders are found to have signed.
+            count = 0
+            for signer in sorted(graph.holders(pid) & set(signatures)):
+                if signer not in valid:
+                    self._channel.check_signature(
+                        signer, signatures[signer], statement, what="consistency check"
+                    )
+                    valid[signer] = True
+                count += 1
+                if count >= t:
+                    break
+            return count
+
+        for pid in sorted(self._mask_peers | {self.client_id}):
+            # Reveal nothing about pid unless t of pid's own share holders signed this set:
+            # two sets with t such signatures each would need 2t - |holders| > corrupt signers.
+            backing = backed(pid) if self._channel.authenticated else t
+            if backing < t:
+                raise DropoutError(
+                    f"only {backing} of client {pid}'s share holders signed the survivor set "
+                    f"sent to client {self.client_id}; threshold {t}: refusing to unmask"
+                )
+        kept = self._mask_peers | {self.client_id}
+        rows = [(p, msg.B_SHARE, self._held[p][0]) for p in sorted(kept & alive)]
+        rows += [(p, msg.SK_SHARE, self._held[p][1]) for p in sorted(kept - alive)]
+        rows.sort()
+        n_alive = len(kept & alive)
+        if n_alive < t:
             raise DropoutError(
-                f"only {len(survivors)} of client {self.client_id}'s share holders survived; "
+                f"only {n_alive} of client {self.client_id}'s share holders survived; "
                 f"threshold {t}: refusing to unmask"
             )
-        rows = [(pid, msg.B_SHARE, self._held[pid][0]) for pid in survivors]
-        rows += [(pid, msg.SK_SHARE, self._held[pid][1]) for pid in dropped]
-        rows.sort()
         self._held = {}
         log.debug("client %d reveals %d shares", self.client_id, len(rows))
         return msg.encode_reveal(rows)

@@ -112,10 +112,13 @@ def complete_params(
     _check_fractions(dropout, corrupt)
     t = n - math.floor(dropout * n) if threshold is None else _capped(threshold, n)
     _check_threshold(t, holders=n)
-    if math.floor(corrupt * n) >= t:
+    bad = math.floor(corrupt * n)
+    if bad >= t or (n > 1 and 2 * t - bad <= n):
         raise ParameterError(
-            f"threshold {t} does not exceed the {math.floor(corrupt * n)} corrupt clients "
-            f"tolerated in a cohort of {n}: raise the threshold or lower max_corrupt_fraction"
+            f"threshold {t} in a cohort of {n} with up to {bad} corrupt clients is not safe "
+            f"against a malicious server: it needs 2t - {bad} > {n} (t >= {(n + bad) // 2 + 1}) "
+            "so two conflicting survivor sets cannot both gather t signatures; raise the "
+            "threshold or lower max_corrupt_fraction"
         )
     return GraphParams(n, n - 1, t)
 
@@ -141,14 +144,22 @@ def _check_threshold(t: int, *, holders: int) -> None:
 def _correct_t(k: int, n: int, dropout: float) -> int:
     """Largest t with P[Bin(k, dropout) > k - t] <= 2**-CORRECTNESS_BITS / n, or 0."""
     bound = 2.0**-CORRECTNESS_BITS / n
-    for t in range(k, 0, -1):
-        if binomial_tail(trials=k, p=dropout, at_least=k - t + 1) <= bound:
-            return t
-    return 0
+    lo, hi = 0, k  # the tail shrinks as t falls: binary search the largest passing t
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if binomial_tail(trials=k, p=dropout, at_least=k - mid + 1) <= bound:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def _secure(k: int, t: int, n: int, corrupt: float) -> bool:
-    return binomial_tail(trials=k, p=corrupt, at_least=t) <= 2.0**-SECURITY_BITS / n
+    """No client has t corrupt holders, and no two survivor sets can each gather t signatures
+    of one client's holders (2t - corrupt holders > k + 1), except with 2**-SECURITY_BITS."""
+    bound = 2.0**-SECURITY_BITS / n
+    split = binomial_tail(trials=k + 1, p=corrupt, at_least=max(0, 2 * t - (k + 1)))
+    return binomial_tail(trials=k, p=corrupt, at_least=t) <= bound and split <= bound
 
 
 def _connected(k: int, n: int, dropout: float, corrupt: float) -> bool:
@@ -203,14 +214,33 @@ def sparse_params(
                 "or the threshold, or leave them unset"
             )
         return GraphParams(n, neighbours, t)
-    for k in range(2, n - 1, 2):
+
+    def fits(k: int) -> GraphParams | None:
         if not _connected(k, n, dropout, corrupt):
-            continue
+            return None
         t = _correct_t(k, n, dropout) if threshold is None else _capped(threshold, k + 1)
         if t < 2 or t > k + 1 or not _secure(k, t, n, corrupt):
-            continue
+            return None
         return GraphParams(n, k, t)
-    return complete_params(n, dropout=dropout, corrupt=corrupt, threshold=threshold)
+
+    # Feasibility grows with k (binomial tails concentrate): double, then bisect the smallest
+    # even k that fits; every returned (k, t) is checked by fits() itself.
+    lo, k = 0, 2
+    while k < n - 1 and fits(k) is None:
+        lo, k = k, 2 * k
+    if k >= n - 1:
+        k = n - 2 - (n % 2)  # largest even k below n - 1
+        if k < 2 or fits(k) is None:
+            return complete_params(n, dropout=dropout, corrupt=corrupt, threshold=threshold)
+    while k - lo > 2:
+        mid = (lo + k) // 4 * 2
+        if mid > lo and fits(mid) is not None:
+            k = mid
+        else:
+            lo = mid if mid > lo else lo + 2
+    found = fits(k)
+    assert found is not None
+    return found
 
 
 def ring_order(cohort: Sequence[int], *, seed: bytes) -> list[int]:
@@ -254,3 +284,30 @@ def _sparse_order(cohort: Sequence[int], *, k: int, seed: bytes) -> list[int]:
 def _ring_neighbours(order: Sequence[int], pos: int, k: int) -> frozenset[int]:
     n, half = len(order), k // 2
     return frozenset(order[(pos + j) % n] for j in range(-half, half + 1) if j != 0)
+
+
+class Graph:
+    """The round's neighbour graph, with each client's share holders (neighbours and itself)."""
+
+    def __init__(self, cohort: Sequence[int], *, k: int, seed: bytes):
+        self.cohort = frozenset(cohort)
+        self.complete = k >= len(cohort) - 1
+        self._k = k
+        self._order: list[int] = [] if self.complete else _sparse_order(cohort, k=k, seed=seed)
+        self._pos = {c: i for i, c in enumerate(self._order)}
+        self._cache: dict[int, frozenset[int]] = {}
+
+    def neighbours(self, client: int) -> frozenset[int]:
+        return self.holders(client) - {client}
+
+    def holders(self, client: int) -> frozenset[int]:
+        """Who holds shares of ``client``'s secrets: its neighbours and itself."""
+        if client not in self.cohort:
+            raise ValueError(f"client {client} is not in the cohort")
+        if self.complete:
+            return self.cohort
+        if client not in self._cache:
+            self._cache[client] = _ring_neighbours(self._order, self._pos[client], self._k) | {
+                client
+            }
+        return self._cache[client]

@@ -4,16 +4,19 @@ Every decoder checks the exact length and the ordering of id lists (strictly inc
 so no duplicates) and raises :class:`~crypto.errors.ProtocolError` otherwise. Integers are
 big-endian; ids are uint32.
 
-======  =====================================  ===========================================
-stage   server -> client                       client -> server
-======  =====================================  ===========================================
-0       graph seed(32) k(4) t(4) bits(1)       c_pk(32) s_pk(32)
-1       n(4) [id c_pk s_pk]*n                   commit(32) n(4) [recipient sealed]*n
-2       n(4) [sender sealed]*n                  weight(8, LE) masked vector
-3       n(4) [survivor]*n m(4) [dropped]*m      n(4) [peer kind(1) share(33)]*n
-======  =====================================  ===========================================
+======  =========================================  =======================================
+stage   server -> client                           client -> server
+======  =========================================  =======================================
+0       graph seed(32) k(4) t(4) bits(1)           c_pk(32) s_pk(32)
+1       n(4) [id len(4) signed stage-0 reply]*n    commit(32) n(4) [recipient sealed]*n
+2       n(4) [sender sealed]*n                     weight(8, LE) masked vector
+3       n(4) [survivor]*n                          signature(64) over the survivor set
+4       n(4) [survivor]*n m(4) [signer sig(64)]*m  n(4) [peer kind(1) share(33)]*n
+======  =========================================  =======================================
 
-A sealed share is AES-GCM of ``sender(4) recipient(4) b_share(33) sk_share(33)``.
+A sealed share is AES-GCM of ``sender(4) recipient(4) b_share(33) sk_share(33)``. Stage 1
+relays each neighbour's own signed key advertisement, so clients check each other's keys
+against the roster; stages 3 and 4 are the consistency check of Bonawitz et al.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from ..errors import ProtocolError
 
 _U32 = struct.Struct("!I")
 _SETUP = struct.Struct("!32sIIB")
-_PEER = struct.Struct("!I32s32s")
 _SHARE_PLAIN = struct.Struct(f"!II{shamir.SHARE_BYTES}s{shamir.SHARE_BYTES}s")
 SEALED_BYTES = NONCE_BYTES + _SHARE_PLAIN.size + TAG_BYTES
 _ROUTED = struct.Struct(f"!I{SEALED_BYTES}s")
 _REVEAL = struct.Struct(f"!IB{shamir.SHARE_BYTES}s")
+_LEN = struct.Struct("!II")
+_SIG = struct.Struct("!I64s")
+SIGNATURE_BYTES = 64
 COMMIT_BYTES = 32
 B_SHARE, SK_SHARE = 0, 1
 
@@ -95,16 +100,6 @@ def _done(body: bytes, end: int, what: str) -> None:
         raise ProtocolError(f"{what} payload has {len(body) - end} trailing bytes")
 
 
-def encode_peer_keys(rows: Sequence[tuple[int, bytes, bytes]]) -> bytes:
-    return _pack_list(_PEER, rows)
-
-
-def decode_peer_keys(body: bytes) -> dict[int, tuple[bytes, bytes]]:
-    rows, end = _unpack_list(body, _PEER, "peer keys")
-    _done(body, end, "peer keys")
-    return {int(r[0]): (bytes(r[1]), bytes(r[2])) for r in rows}
-
-
 def encode_routed(rows: Sequence[tuple[int, bytes]], *, commit: bytes | None = None) -> bytes:
     """Sealed shares by recipient (client reply, with commitment) or by sender (server)."""
     return (commit or b"") + _pack_list(_ROUTED, rows)
@@ -132,17 +127,6 @@ def parse_share_plaintext(raw: bytes) -> tuple[int, int, int, int]:
         raise ProtocolError(f"decrypted share is malformed: {err}") from None
 
 
-def encode_unmask_request(survivors: Sequence[int], dropped: Sequence[int]) -> bytes:
-    return _pack_list(_U32, [(s,) for s in survivors]) + _pack_list(_U32, [(d,) for d in dropped])
-
-
-def decode_unmask_request(body: bytes) -> tuple[list[int], list[int]]:
-    surv, end = _unpack_list(body, _U32, "survivors")
-    drop, end = _unpack_list(body, _U32, "dropped", end)
-    _done(body, end, "unmask request")
-    return [int(r[0]) for r in surv], [int(r[0]) for r in drop]
-
-
 def encode_reveal(rows: Sequence[tuple[int, int, int]]) -> bytes:
     """Revealed shares: (peer, kind, share value) with kind B_SHARE or SK_SHARE."""
     return _pack_list(_REVEAL, [(p, k, shamir.to_bytes(v)) for p, k, v in rows])
@@ -160,3 +144,46 @@ def decode_reveal(body: bytes) -> dict[int, tuple[int, int]]:
         except ValueError as err:
             raise ProtocolError(f"revealed share for client {peer} is malformed: {err}") from None
     return out
+
+
+def encode_relayed(rows: Sequence[tuple[int, bytes]]) -> bytes:
+    """Peers' original signed messages, by peer id."""
+    return _U32.pack(len(rows)) + b"".join(_LEN.pack(pid, len(m)) + m for pid, m in rows)
+
+
+def decode_relayed(body: bytes) -> dict[int, bytes]:
+    if len(body) < 4:
+        raise ProtocolError("relayed key list is truncated")
+    (count,) = _U32.unpack_from(body)
+    pos, out, last = 4, {}, -1
+    for _ in range(count):
+        if len(body) < pos + _LEN.size:
+            raise ProtocolError("relayed key list is truncated")
+        pid, size = _LEN.unpack_from(body, pos)
+        pos += _LEN.size
+        if pid <= last or len(body) < pos + size:
+            raise ProtocolError("relayed key list is truncated or its ids are not increasing")
+        out[int(pid)], pos, last = bytes(body[pos : pos + size]), pos + size, pid
+    _done(body, pos, "relayed keys")
+    return out
+
+
+def encode_ids(ids: Sequence[int]) -> bytes:
+    return _pack_list(_U32, [(i,) for i in ids])
+
+
+def decode_ids(body: bytes, what: str) -> list[int]:
+    rows, end = _unpack_list(body, _U32, what)
+    _done(body, end, what)
+    return [int(r[0]) for r in rows]
+
+
+def encode_unmask(survivors: Sequence[int], signatures: Sequence[tuple[int, bytes]]) -> bytes:
+    return encode_ids(survivors) + _pack_list(_SIG, signatures)
+
+
+def decode_unmask(body: bytes) -> tuple[list[int], dict[int, bytes]]:
+    surv, end = _unpack_list(body, _U32, "survivors")
+    sigs, end = _unpack_list(body, _SIG, "consistency signatures", end)
+    _done(body, end, "unmask request")
+    return [int(r[0]) for r in surv], {int(r[0]): bytes(r[1]) for r in sigs}

@@ -11,51 +11,77 @@ stay connected, falling back to the complete graph when no ``k < n - 1`` qualifi
 example ``k = 170, t = 81`` at ``n = 1000`` with the defaults). Details in
 :mod:`crypto.secagg.graph`; the encoding is in :mod:`crypto.secagg.encoding`.
 
-Stages (each a server message and a client reply, framed by :mod:`crypto.core.wire`):
+Stages (each a server message and a client reply, framed and authenticated by
+:mod:`crypto.core.channel` over job, round, cohort, the attempt's nonce, stage, sender and
+recipient; signatures are checked against the job's roster, :mod:`crypto.core.identity`):
 
 0. *advertise keys*: the server publishes 32 bytes of graph randomness and ``(k, t, m)``;
    each client checks them against its own derivation and answers with two fresh X25519
    public keys, ``c`` (share encryption) and ``s`` (masks).
-1. *share keys*: the server sends each client its live neighbours' keys. The client draws a
-   self-mask seed ``b`` (256 bits, :mod:`secrets`), Shamir-shares ``b`` and its ``s``
-   private key ``t``-of-``k+1`` among its neighbours and itself, encrypts each neighbour's
-   shares with AES-GCM under HKDF(X25519(c)), keyed per direction and bound (associated
-   data) to protocol, session, sender and recipient, and commits to ``b`` by hash.
+1. *share keys*: the server relays to each client its live neighbours' own signed key
+   advertisements; the client checks each signature against the roster (a server cannot
+   substitute keys). It draws a self-mask seed ``b`` (256 bits, :mod:`secrets`),
+   Shamir-shares ``b`` and its ``s`` private key ``t``-of-``k+1`` among its neighbours and
+   itself, encrypts each neighbour's shares with AES-GCM under HKDF(X25519(c)), keyed per
+   direction and bound (associated data) to protocol, attempt, sender and recipient, and
+   commits to ``b`` by hash.
 2. *masked input*: the server routes the sealed shares. The client sends, modulo ``2**m``,
    ``round(w * clip(x) * scale) + PRG(b) + sum_v ±PRG(s_uv)`` (``+`` towards larger ids)
    over its neighbours ``v`` that shared keys, where ``s_uv`` is HKDF of X25519(s) and PRG
    is AES-256-CTR; plus its weight ``round(w * 2**32)`` masked modulo 2**64.
-3. *unmasking*: for each neighbour the server names as a survivor the client reveals its
-   ``b`` share, for each named as dropped its ``s`` share. It refuses (``ProtocolError``) a
-   request naming a peer in both lists, one that names itself dropped, one that leaves out
-   or invents a peer, and any second request. The server reconstructs ``b`` for survivors
-   (checked against the commitment) and ``s`` for dropped clients (checked against the public
-   key), removes their masks and decodes the sum.
+3. *consistency check* (Bonawitz et al. 2017, Bell et al. 2020): the server sends the set
+   ``U`` of clients whose masked input arrived; a client in ``U`` signs ``(attempt, U)``, once.
+4. *unmasking*: the server returns ``U`` with the signatures it collected. A client refuses
+   unless ``U`` is the set it signed and, for every peer whose shares it holds, ``t`` of that
+   peer's own share holders signed ``U``; it then reveals the ``b`` share of each peer in
+   ``U`` and the ``s`` share of each other peer, so it never reveals both for one peer. The
+   server reconstructs ``b`` for survivors (checked against the commitment) and ``s`` for
+   dropped clients (checked against the public key), removes their masks, decodes the sum.
 
-Threat model (honest-but-curious server, clients may drop at any stage):
+Threat model (clients may drop at any stage; "holders" of a client: its neighbours and itself):
 
-* *who holds what*: every client holds its own update, its ephemeral X25519 keys and
-  self-mask seed for this round, and Shamir shares of its neighbours' seeds and mask keys.
-  The server holds public keys, sealed shares it cannot open, commitments, the sum of the
-  masked inputs and, while unmasking, the reconstructed seeds of survivors and mask keys of
-  dropped clients (local values, never stored).
-* *what the server sees*: masked vectors that are uniformly random on their own, the weighted
-  sum of the surviving clients' clipped updates and their total weight, who dropped when,
-  and the neighbour graph; message sizes reveal only the parameters and who is live.
+* *who holds what*: every client holds its own update, its Ed25519 identity key (job-long),
+  its ephemeral X25519 keys and self-mask seed for this round, and Shamir shares of its
+  neighbours' seeds and mask keys. The server holds the roster, public keys, sealed shares it
+  cannot open, commitments, the sum of the masked inputs and, while unmasking, the
+  reconstructed seeds of survivors and mask keys of dropped clients (local values, never
+  stored).
+* *semi-honest server*: sees masked vectors that are uniformly random on their own, the
+  weighted sum of the surviving clients' clipped updates and their total weight, who dropped
+  when, and the neighbour graph; message sizes reveal only the parameters and who is live.
+* *malicious server given the roster* (deviates arbitrarily, cannot forge clients'
+  signatures): it cannot substitute a client's keys (relayed advertisements are signed), read
+  or alter sealed shares, or obtain both shares of one client: the threshold rule demands
+  ``2t - c > k + 1`` for ``c`` corrupt holders (deterministic for the complete graph,
+  except with probability ``2**-40`` for secagg+), so two survivor sets cannot each gather
+  ``t`` signatures of one client's holders, and the split attack (some holders told "v
+  survived", others "v dropped") fails (``tests/crypto/test_split_attack.py``). It can still
+  drop, delay or exclude clients (they count as dropouts), and for secagg+ it chooses the
+  graph randomness, so it could grind it to place colluders around a victim (bounded only by
+  the corrupt fraction per neighbourhood, not prevented).
+* *network attacker*: every message is authenticated by its sender (signature, or a GMAC
+  under a pair key agreed by signed keys) over job, round, cohort, the server's per-attempt
+  nonce, stage, sender and recipient, so an altered, injected,
+  re-addressed, re-stamped or replayed message (also from an earlier attempt of the same
+  round) is refused with an error naming sender and stage and counts as that party's
+  dropout; never a wrong sum (``tests/crypto/adversary.py``). Messages are not encrypted
+  beyond the sealed shares: the attacker sees what the server sees.
 * *what breaks it*: the server colluding with ``t`` or more of one client's share holders
-  (any ``t`` clients for secagg) learns both of that client's secrets and hence its update;
-  fewer learn nothing beyond the sum. Corrupt clients below ``max_corrupt_fraction`` stay
-  below ``t`` (deterministically for secagg, with probability ``1 - 2**-40`` for secagg+).
-  The analysis assumes the server follows the protocol: public keys are not authenticated
-  (no PKI), so a malicious server can substitute keys and read shares; it could also give
-  clients inconsistent survivor lists (no consistency round) and, for secagg+, choose the
-  graph randomness to surround a victim with colluders. Sealed shares, framing and
-  commitments make tampering by the network detectable, not a malicious server harmless.
+  learns both of that client's secrets and hence its update; fewer learn nothing beyond the
+  sum. Corrupt clients below ``max_corrupt_fraction`` stay below ``t`` and below the split
+  bound (deterministically for secagg, with probability ``1 - 2**-40`` for secagg+). Without
+  a roster (UNAUTHENTICATED mode, logged, for cost comparisons only) only the semi-honest
+  server model holds. A malicious client can bias the sum within its clipped range.
 * *dropouts*: any ``k + 1 - t`` dropouts at any stage (``max_dropouts``; ``n - t`` for
   secagg) are recovered exactly; secagg+ also survives a ``max_dropout_fraction`` of random
   dropouts with probability ``1 - 2**-20``. Otherwise the round fails with ``DropoutError``,
   never a wrong sum. A client dropping during key setup only removes itself (and any
-  neighbour left with fewer than ``t`` holders).
+  neighbour left with fewer than ``t`` holders), and such exclusions can cascade: when more
+  than ``k + 1 - t`` of one neighbourhood vanish before key sharing the round may end in
+  ``DropoutError`` (never a wrong sum); only ``max_dropouts`` anywhere, or random dropouts at
+  the tuned rate, are guaranteed. Malicious-server safety costs sparsity: at
+  30% dropouts and 20% corrupt clients the graph stays complete up to about 1,000 clients
+  (``k = 114, t = 80`` at ``n = 1000`` with 10% and 10%).
 
 Options: ``clip`` (1.0; coordinates are clipped to ``[-clip, clip]`` before encoding, the
 runner sets it from the DP clipping norm), ``scale_bits`` (16; one fixed-point unit is
@@ -76,7 +102,14 @@ from typing import Any, ClassVar
 
 from numpy.typing import NDArray
 
-from ..core.protocol import ClientSession, Protocol, RoundSpec, ServerSession, ThreatModel
+from ..core.protocol import (
+    ClientSession,
+    Protocol,
+    RoundSpec,
+    ServerSession,
+    ThreatModel,
+    adversaries,
+)
 from ..core.registry import register
 from ..errors import ParameterError
 from .client import SecAggClient
@@ -131,11 +164,14 @@ class PairwiseMaskingProtocol(Protocol):
         self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
     ) -> ClientSession:
         return SecAggClient(
-            spec, client_id, vector, weight, tag=self.name, params=self.round_params(spec)
-        )
+            spec, client_id, vector, weight, tag=self.name, params=self.round_params(spec),
+            keyring=self.keyring,
+        )  # fmt: skip
 
     def server_session(self, spec: RoundSpec) -> ServerSession:
-        return SecAggServer(spec, tag=self.name, params=self.round_params(spec))
+        return SecAggServer(
+            spec, tag=self.name, params=self.round_params(spec), keyring=self.keyring
+        )
 
     def max_dropouts(self, cohort_size: int) -> int:
         return self.graph_params(cohort_size).max_dropouts
@@ -159,10 +195,30 @@ class PairwiseMaskingProtocol(Protocol):
                 "DropoutError, never a wrong sum"
             ),
             breaks_if=(
-                "the server colludes with t or more of a client's share holders, or deviates "
-                "from the protocol (substitutes public keys, sends inconsistent survivor lists"
-                + (", grinds the graph randomness" if self.sparse else "")
-                + ")"
+                "the server colludes with t or more of a client's share holders"
+                + (
+                    "; a malicious server may grind the graph randomness to surround a victim "
+                    "with colluders (bounded by the corrupt fraction, not prevented)"
+                    if self.sparse
+                    else ""
+                )
+                + (
+                    ""
+                    if self.authenticated
+                    else "; UNAUTHENTICATED (no roster): also any "
+                    "malicious server or network attacker"
+                )
+            ),
+            adversaries=adversaries(
+                authenticated=self.authenticated,
+                semi_honest="learns the weighted sum of the survivors' clipped updates, their "
+                "total weight and who dropped when; each masked vector alone is uniformly random",
+                malicious="it cannot substitute public keys (relayed advertisements are signed), "
+                "read or alter sealed shares, or obtain both shares of one client: honest "
+                "clients sign one survivor set and reveal only with t signatures of the peer's "
+                "holders, and 2t - corrupt holders > k + 1, so the split attack fails; it can "
+                "drop or exclude clients (dropouts)"
+                + (", and it chooses the graph randomness" if self.sparse else ""),
             ),
             notes=(
                 f"tolerated corrupt fraction {c.max_corrupt_fraction}",

@@ -16,13 +16,15 @@ import numpy as np
 
 from ..core import keyagreement as ka
 from ..core import shamir, wire
+from ..core.channel import Channel
+from ..core.identity import Keyring
 from ..core.masking import apply_masks
 from ..core.protocol import Aggregate, RoundSpec, ServerSession, ServerStep
 from ..errors import DropoutError, KeyMaterialError, ProtocolError
 from . import messages as msg
-from .client import commitment
+from .client import STAGES, commitment, survivor_statement
 from .encoding import RoundParams, decode_sum, decode_weight, unpack_add
-from .graph import neighbours_of
+from .graph import Graph
 
 log = logging.getLogger(__name__)
 _U64 = (1 << 64) - 1
@@ -31,14 +33,20 @@ _U64 = (1 << 64) - 1
 class SecAggServer(ServerSession):
     """Routes keys and shares, sums masked inputs, unmasks the sum."""
 
-    def __init__(self, spec: RoundSpec, *, tag: str, params: RoundParams):
+    def __init__(self, spec: RoundSpec, *, tag: str, params: RoundParams, keyring: Keyring | None):
         super().__init__(spec)
         self._tag = tag
-        self._sid = spec.session_id
+        self._channel = Channel(
+            tag=tag, session_id=spec.session_id, me=wire.SERVER, keyring=keyring,
+            stage_names=STAGES,
+        )  # fmt: skip
+        self._sid = self._channel.binding
         self._params = params
         self._stage = -1
         self._expected: set[int] = set()
-        self._graph: dict[int, frozenset[int]] = {}
+        self._graph: Graph | None = None
+        self._adverts: dict[int, bytes] = {}  # clients' signed key advertisements, relayed
+        self._survivors: list[int] = []
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._commits: dict[int, bytes] = {}
         self._shared: set[int] = set()  # U2: clients whose shares were delivered
@@ -47,48 +55,46 @@ class SecAggServer(ServerSession):
         self._tail = 0
         self._result: Aggregate | None = None
 
-    def _frame(self, payload: bytes) -> bytes:
-        return wire.frame(
-            protocol=self._tag,
-            session_id=self._sid,
-            stage=self._stage,
-            sender=wire.SERVER,
-            payload=payload,
-        )
-
     def start(self) -> dict[int, bytes]:
         if self._stage != -1:
             raise ProtocolError("secagg round already started")
         self._stage = 0
         seed = secrets.token_bytes(32)
         g = self._params.graph
-        self._graph = neighbours_of(self.spec.cohort, k=g.neighbours, seed=seed)
-        setup = msg.Setup(seed, g.neighbours, g.threshold, self._params.modulus_bits)
-        hello = self._frame(msg.encode_setup(setup))
+        self._graph = Graph(self.spec.cohort, k=g.neighbours, seed=seed)
+        setup = msg.encode_setup(
+            msg.Setup(seed, g.neighbours, g.threshold, self._params.modulus_bits)
+        )
         self._expected = set(self.spec.cohort)
-        return {cid: hello for cid in self.spec.cohort}
+        return {cid: self._channel.seal(0, cid, setup) for cid in self.spec.cohort}
 
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
-        if self._stage < 0 or self._result is not None or self._stage > 3:
+        if self._stage < 0 or self._result is not None or self._stage >= len(STAGES):
             raise ProtocolError(f"secagg server cannot advance at stage {self._stage}")
-        bodies = {}
-        for cid in sorted(replies):
-            if cid not in self._expected:
-                raise ProtocolError(f"reply from client {cid}, who was not asked at this stage")
-            bodies[cid] = wire.unframe(
-                replies[cid],
-                protocol=self._tag,
-                session_id=self._sid,
-                stage=self._stage,
-                sender=cid,
+        if not replies:
+            raise DropoutError(
+                f"every client dropped at {self._channel.stage_name(self._stage)}: nothing to "
+                "aggregate"
             )
-        handler = (self._on_keys, self._on_shares, self._on_masked, self._on_reveal)[self._stage]
-        messages = handler(bodies)
+        bodies = self._channel.collect(
+            replies, stage=self._stage, expected=frozenset(self._expected), refused=self.refused
+        )
+        if self._stage == 0:
+            self._adverts = {c: bytes(replies[c]) for c in bodies}
+        handlers = (self._on_keys, self._on_shares, self._on_masked, self._on_signed,
+                    self._on_reveal)  # fmt: skip
+        messages = handlers[self._stage](bodies)
         self._stage += 1
         if self._result is not None:
             return ServerStep(messages={}, final=True)
         self._expected = set(messages)
-        return ServerStep(messages={c: self._frame(m) for c, m in messages.items()})
+        return ServerStep(
+            messages={c: self._channel.seal(self._stage, c, m) for c, m in messages.items()}
+        )
+
+    def _nbrs(self, u: int) -> frozenset[int]:
+        assert self._graph is not None
+        return self._graph.neighbours(u)
 
     def aggregate(self) -> Aggregate | None:
         return self._result
@@ -99,7 +105,7 @@ class SecAggServer(ServerSession):
         t = self._params.graph.threshold
         live = set(live)
         while True:
-            weak = {u for u in live if len(self._graph[u] & live) + 1 < t}
+            weak = {u for u in live if len(self._nbrs(u) & live) + 1 < t}
             if not weak:
                 break
             log.info("secagg: excluding %s with too few live neighbours %s", sorted(weak), what)
@@ -126,7 +132,7 @@ class SecAggServer(ServerSession):
         live = self._prune(set(keys), "before key sharing")
         self._keys = {c: keys[c] for c in live}
         return {
-            u: msg.encode_peer_keys([(v, *keys[v]) for v in sorted(self._graph[u] & live)])
+            u: msg.encode_relayed([(v, self._adverts[v]) for v in sorted(self._nbrs(u) & live)])
             for u in sorted(live)
         }
 
@@ -135,7 +141,7 @@ class SecAggServer(ServerSession):
         sealed: dict[int, dict[int, bytes]] = {}
         for cid, body in bodies.items():
             commit, rows = msg.decode_routed(body, with_commit=True)
-            want = sorted(self._graph[cid] & set(self._keys))
+            want = sorted(self._nbrs(cid) & set(self._keys))
             if sorted(rows) != want:
                 raise ProtocolError(
                     f"client {cid} sent shares for {sorted(rows)}, expected its live "
@@ -148,7 +154,7 @@ class SecAggServer(ServerSession):
         n_words = self._params.words
         self._acc = np.zeros(n_words, dtype=np.uint32)
         return {
-            v: msg.encode_routed([(u, sealed[u][v]) for u in sorted(self._graph[v] & live)])
+            v: msg.encode_routed([(u, sealed[u][v]) for u in sorted(self._nbrs(v) & live)])
             for v in sorted(live)
         }
 
@@ -169,23 +175,56 @@ class SecAggServer(ServerSession):
             raise DropoutError("every client dropped before sending its masked input")
         t = self._params.graph.threshold
         for u in sorted(self._shared):
-            holders = (self._graph[u] & self._shared) | {u}
-            needed = u in survived or bool(self._graph[u] & survived)
+            holders = (self._nbrs(u) & self._shared) | {u}
+            needed = u in survived or bool(self._nbrs(u) & survived)
             if needed and len(holders & survived) < t:
                 raise DropoutError(
                     f"client {u}'s masks cannot be removed: only {len(holders & survived)} of "
                     f"its share holders are left, threshold {t} "
                     f"({self._params.graph.max_dropouts} dropouts tolerated)"
                 )
-        out = {}
         for u in sorted(survived):
-            peers = self._graph[u] & self._shared
-            request = (sorted((peers & survived) | {u}), sorted(peers - survived))
-            self._requests[u] = request
-            out[u] = msg.encode_unmask_request(*request)
+            peers = self._nbrs(u) & self._shared
+            self._requests[u] = (sorted((peers & survived) | {u}), sorted(peers - survived))
+        self._survivors = sorted(survived)
+        listing = msg.encode_ids(self._survivors)
+        return dict.fromkeys(self._survivors, listing)
+
+    # -- stage 3 -> 4: consistency check -------------------------------------------------
+    def _on_signed(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
+        assert self._graph is not None
+        statement = survivor_statement(self._sid, self._survivors)
+        signatures: dict[int, bytes] = {}
+        for cid, body in bodies.items():
+            try:
+                if len(body) != msg.SIGNATURE_BYTES and self._channel.authenticated:
+                    raise ProtocolError(f"client {cid}'s consistency signature is malformed")
+                self._channel.check_signature(cid, body, statement, what="consistency check")
+            except ProtocolError as err:
+                self.refused[cid] = str(err)
+                log.warning("%s: counted as a dropout", err)
+                continue
+            signatures[cid] = body.ljust(msg.SIGNATURE_BYTES, b"\0")
+        t = self._params.graph.threshold
+        signers = set(signatures)
+        for u in sorted(signers):
+            for p in [u, *self._requests[u][0], *self._requests[u][1]]:
+                backing = len(signers & self._graph.holders(p))
+                if backing < t:
+                    raise DropoutError(
+                        f"only {backing} of client {p}'s share holders signed the survivor set, "
+                        f"threshold {t}: too many clients dropped at the consistency check"
+                    )
+        out = {}
+        for u in sorted(signers):
+            kept = {u, *self._requests[u][0], *self._requests[u][1]}
+            relevant = set().union(*(self._graph.holders(p) for p in kept)) & signers
+            out[u] = msg.encode_unmask(
+                self._survivors, [(s, signatures[s]) for s in sorted(relevant)]
+            )
         return out
 
-    # -- stage 3 -> result ---------------------------------------------------------------
+    # -- stage 4 -> result ---------------------------------------------------------------
     def _on_reveal(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
         b_shares: dict[int, dict[int, int]] = {}
         sk_shares: dict[int, dict[int, int]] = {}
@@ -198,7 +237,7 @@ class SecAggServer(ServerSession):
             for peer, (kind, value) in shares.items():
                 target = b_shares if kind == msg.B_SHARE else sk_shares
                 target.setdefault(peer, {})[cid + 1] = value
-        survived = sorted(self._requests)
+        survived = self._survivors
         t = self._params.graph.threshold
         sid = self._sid
         lagrange = _LagrangeCache(t)
@@ -215,7 +254,7 @@ class SecAggServer(ServerSession):
             subtract.append(ka.derive(seed, session_id=sid, purpose="self-mask", first=u, second=u))
         gone = sorted(self._shared - set(survived))
         for v in gone:
-            partners = sorted(self._graph[v] & set(survived))
+            partners = sorted(self._nbrs(v) & set(survived))
             if not partners:
                 continue
             sk_int = lagrange.secret(sk_shares.get(v, {}), f"mask key of dropped client {v}")

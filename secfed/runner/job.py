@@ -20,6 +20,7 @@ import numpy as np
 import crypto
 import models
 import privacy
+from crypto.core import identity
 
 from .. import training
 from ..assembly import JobParts, build_parts
@@ -57,6 +58,10 @@ class FederatedRunner(LocalTraining):
     checkpoint), then the end-of-job outputs. Client-side training is in
     :class:`~secfed.runner.local.LocalTraining`, the record's fields in :mod:`.record`.
     """
+
+    # In-process, this one process acts as every party: it makes the job's roster and every
+    # identity key at start (run_dir/keys/identity). A deployment's parties load their own.
+    simulates_all_parties = True
 
     def __init__(
         self,
@@ -147,7 +152,14 @@ class FederatedRunner(LocalTraining):
         return key_dir
 
     def _setup_keys(self) -> None:
-        self.protocol.setup(job_id=self.state.job_id, key_dir=self._key_dir())
+        key_dir = self._key_dir()
+        if self.simulates_all_parties:
+            # The job's roster (made at job start, reloaded on resume): the PKI protocols trust.
+            ring = identity.load_or_create(
+                self.dir.keys / identity.SUBDIR, range(self.cfg.federation.clients)
+            )
+            self.protocol.use_identities(ring)
+        self.protocol.setup(job_id=self.state.job_id, key_dir=key_dir)
 
     def start(self) -> None:
         """Create the run directory and the job's identity and keys."""

@@ -7,6 +7,7 @@ implements :meth:`make_protocol`; pytest then runs every test below against it.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,8 +23,10 @@ from crypto import (
 )
 from crypto.core.wire import HEADER_SIZE
 
+from .adversary import AdversarialConformance, keyring
 
-class ProtocolConformance:
+
+class ProtocolConformance(AdversarialConformance):
     """Property tests of the protocol contract in crypto/core/protocol.py."""
 
     protocol_name: ClassVar[str]
@@ -39,7 +42,9 @@ class ProtocolConformance:
     @pytest.fixture
     def protocol(self, tmp_path: Path) -> Protocol:
         proto = self.make_protocol(tmp_path)
+        proto.use_identities(keyring())
         proto.setup(job_id="conformance", key_dir=tmp_path / "keys")
+        assert proto.authenticated
         return proto
 
     def inputs(self, seed: int = 0, n: int | None = None):
@@ -149,18 +154,37 @@ class ProtocolConformance:
         replies = {cid: clients[cid].handle(msg) for cid, msg in first.items()}
         return server, clients, first, replies
 
-    def test_truncated_reply_rejected(self, protocol):
-        server, _, _, replies = self._first_reply(protocol)
-        cid = min(replies)
-        replies[cid] = replies[cid][: max(HEADER_SIZE - 3, len(replies[cid]) - 5)]
-        with pytest.raises(ProtocolError):
+    def _refused_as_dropout(self, protocol, tamper):
+        """Tamper with the first replies; the server refuses them and the sum stays exact."""
+        self.protocol_obj = protocol
+        vecs, weights = self.inputs()
+        spec = self.spec()
+        server, clients = self.sessions(protocol, spec, vecs, weights)
+        first = server.start()
+        replies = {cid: clients[cid].handle(msg) for cid, msg in first.items()}
+        bad = tamper(replies)
+        # DropoutError: more refusals than this protocol survives at this cohort size
+        with contextlib.suppress(DropoutError):
             server.advance(replies)
+        assert set(server.refused) == set(bad), server.refused
+        for cid in bad:
+            assert f"client {cid}" in server.refused[cid] or "not asked" in server.refused[cid]
+            assert "stage 0" in server.refused[cid]
+
+    def test_truncated_reply_rejected(self, protocol):
+        def tamper(replies):
+            cid = min(replies)
+            replies[cid] = replies[cid][: max(HEADER_SIZE - 3, len(replies[cid]) - 5)]
+            return [cid]
+
+        self._refused_as_dropout(protocol, tamper)
 
     def test_garbage_reply_rejected(self, protocol):
-        server, _, _, replies = self._first_reply(protocol)
-        replies[min(replies)] = b"\x00" * 64
-        with pytest.raises(ProtocolError):
-            server.advance(replies)
+        def tamper(replies):
+            replies[min(replies)] = b"\x00" * 64
+            return [min(replies)]
+
+        self._refused_as_dropout(protocol, tamper)
 
     def test_foreign_round_reply_rejected(self, protocol):
         vecs, weights = self.inputs()
@@ -169,15 +193,17 @@ class ProtocolConformance:
         server_b, clients_b = self.sessions(protocol, other, vecs, weights)
         first_b = server_b.start()
         replies_b = {cid: clients_b[cid].handle(m) for cid, m in first_b.items()}
-        with pytest.raises(ProtocolError):
+        with pytest.raises(DropoutError):  # every reply refused: nobody left
             server_a.advance(replies_b)
+        assert set(server_a.refused) == set(replies_b)
 
     def test_reply_under_wrong_sender_rejected(self, protocol):
-        server, _, _, replies = self._first_reply(protocol)
-        a, b = sorted(replies)[:2]
-        replies[a], replies[b] = replies[b], replies[a]
-        with pytest.raises(ProtocolError):
-            server.advance(replies)
+        def tamper(replies):
+            a, b = sorted(replies)[:2]
+            replies[a], replies[b] = replies[b], replies[a]
+            return [a, b]
+
+        self._refused_as_dropout(protocol, tamper)
 
     def test_replayed_server_message_rejected(self, protocol):
         vecs, weights = self.inputs()
@@ -195,11 +221,25 @@ class ProtocolConformance:
         _, clients = self.sessions(protocol, spec, vecs, weights)
         from crypto.core import wire
 
-        bogus = wire.frame(
-            protocol="bogus", session_id=spec.session_id, stage=0, sender=wire.SERVER, payload=b""
-        )
+        bogus = wire.header(
+            protocol="bogus", session_id=spec.session_id, nonce=b"\0" * 16, stage=0,
+            sender=wire.SERVER, recipient=0, length=0, signed=False,
+        )  # fmt: skip
         with pytest.raises(ProtocolError):
             clients[0].handle(bogus)
+
+    def test_unsigned_message_refused_by_a_party_with_a_roster(self, protocol):
+        vecs, weights = self.inputs()
+        spec = self.spec()
+        _, clients = self.sessions(protocol, spec, vecs, weights)
+        from crypto.core import wire
+
+        unsigned = wire.header(
+            protocol=protocol.name, session_id=spec.session_id, nonce=b"\1" * 16, stage=0,
+            sender=wire.SERVER, recipient=0, length=0, signed=False,
+        )  # fmt: skip
+        with pytest.raises(ProtocolError, match="unsigned"):
+            clients[0].handle(unsigned)
 
     def test_bytes_are_counted_not_estimated(self, protocol):
         self.protocol_obj = protocol

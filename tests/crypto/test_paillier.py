@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
@@ -96,8 +97,9 @@ def test_round_with_real_2048_bit_key(tmp_path, key2048):
     assert agg.learned_by == "clients" and agg.total_weight == 261.5
     assert np.max(np.abs(agg.weighted_sum - want)) <= agg.error_bound
     # 3 parties x term_max 2**17 -> 19-bit slots, 107 per 2047-bit plaintext: 300 values and
-    # 2 weight slots take 3 ciphertexts of 512 bytes, plus the wire header; nothing else.
-    assert all(up == HEADER_SIZE + 3 * 512 for up in outcome.traffic.bytes_up.values())
+    # 2 weight and 3 check slots take 3 ciphertexts of 512 bytes, plus the wire header and the
+    # 64-byte contribution signature; nothing else (unauthenticated here: no frame signature).
+    assert all(up == HEADER_SIZE + 3 * 512 + 64 for up in outcome.traffic.bytes_up.values())
 
 
 def test_parallel_workers_agree_with_in_process(key2048):
@@ -277,3 +279,17 @@ def test_error_bound_holds_and_is_tight():
     assert err <= agg.error_bound
     assert err >= 0.9 * agg.error_bound  # the bound is nearly attained: it is not vacuous
     assert agg.error_bound == pytest.approx(4 * 0.5 / qz.scale, rel=1e-6)
+
+
+def test_private_key_with_composite_factors_refused_at_load(tmp_path):
+    # p and q not prime but p * q = n: refused when the key is read, before any round.
+    from crypto.paillier.keys import PRIVATE_FILE, SUBDIR, _write_owner_only
+
+    p, q = 3 * 1000003, 5 * 1000033  # odd, distinct, composite
+    doc = {"format": "secfed/paillier-private/v1", "n": format(p * q, "x"),
+           "p": format(p, "x"), "q": format(q, "x")}  # fmt: skip
+    (tmp_path / SUBDIR).mkdir(mode=0o700)
+    _write_owner_only(tmp_path / SUBDIR / PRIVATE_FILE, json.dumps(doc).encode())
+    proto = create_protocol("paillier", insecure_key_bits=512, workers=1)
+    with pytest.raises(KeyMaterialError, match="not prime"):
+        proto.setup(job_id="j", key_dir=tmp_path)

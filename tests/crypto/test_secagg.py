@@ -16,11 +16,13 @@ from crypto import (
     run_round,
 )
 from crypto.core import fixedpoint, wire
+from crypto.core.channel import Channel
 from crypto.errors import EncodingError
 from crypto.secagg import PairwiseMaskingProtocol
 from crypto.secagg import messages as msg
 from crypto.secagg.encoding import pack, unpack_add
 from crypto.secagg.graph import neighbours_of
+from tests.crypto.adversary import keyring
 from tests.crypto.conformance import ProtocolConformance
 
 OPTS = {"max_weight": 64.0}
@@ -29,6 +31,7 @@ OPTS = {"max_weight": 64.0}
 def _proto(name: str, **opts) -> PairwiseMaskingProtocol:
     proto = create_protocol(name, **opts)
     assert isinstance(proto, PairwiseMaskingProtocol)
+    proto.use_identities(keyring())
     return proto
 
 
@@ -37,6 +40,7 @@ SPARSE = {"neighbours": 4, "threshold": 3, "max_corrupt_fraction": 0.0, "max_wei
 
 class TestSecAggConformance(ProtocolConformance):
     protocol_name = "secagg"
+    fuzz_clients = 5  # t = 4: one refused party is survived, so fuzzed rounds can finish
 
     def make_protocol(self, tmp_path) -> Protocol:
         return _proto("secagg", **OPTS)
@@ -44,6 +48,7 @@ class TestSecAggConformance(ProtocolConformance):
 
 class TestSecAggPlusConformance(ProtocolConformance):
     protocol_name = "secagg+"
+    fuzz_clients = 5
 
     def make_protocol(self, tmp_path) -> Protocol:
         return _proto("secagg+", **OPTS)
@@ -99,21 +104,27 @@ def _to_stage(proto, spec, vecs, weights, stage):
     server = proto.server_session(spec)
     clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
     messages = server.start()
+    _CHANNELS[server._channel.nonce] = {wire.SERVER: server._channel} | {
+        c: s._channel for c, s in clients.items()
+    }
     for _ in range(stage):
         replies = {c: clients[c].handle(m) for c, m in messages.items()}
         messages = server.advance(replies).messages
     return server, clients, messages
 
 
+_CHANNELS: dict[bytes, dict[int, Channel]] = {}  # attempt nonce -> party -> its channel
+
+
 def _reframe(message, payload):
+    """``message`` with another payload, authenticated by its sender's own channel (a
+    malicious server or client: it holds its signing and pair keys)."""
     head = wire.peek(message)
-    return wire.frame(
-        protocol=head.protocol,
-        session_id=head.session_id,
-        stage=head.stage,
-        sender=head.sender,
-        payload=payload,
-    )
+    return _CHANNELS[head.nonce][head.sender].seal(head.stage, head.recipient, payload)
+
+
+def _body(message):
+    return wire.split(message)[2]
 
 
 # -- dropouts --------------------------------------------------------------------------
@@ -189,44 +200,52 @@ def test_client_left_without_enough_holders_is_excluded_not_fatal(monkeypatch):
 
 
 # -- refusals and tampering ------------------------------------------------------------
-def _unmask_setup():
+def _unmask_setup(stage=3):
     proto = _proto("secagg", **OPTS)
     spec = RoundSpec("t", 1, tuple(range(5)), 9)
     vecs, weights = _inputs(5, 9)
-    return _to_stage(proto, spec, vecs, weights, 3)
+    return _to_stage(proto, spec, vecs, weights, stage)
 
 
-def test_client_refuses_to_reveal_both_shares_of_a_peer():
+@pytest.mark.parametrize(
+    ("survivors", "match"),
+    [([1, 2, 3, 4], "dropped although"), ([0, 1, 2, 3, 4, 9], "outside the cohort")],
+)
+def test_client_refuses_to_sign_a_wrong_survivor_set(survivors, match):
     _, clients, messages = _unmask_setup()
-    survivors, _ = msg.decode_unmask_request(
-        wire.unframe(
-            messages[0], protocol="secagg", session_id=wire.peek(messages[0]).session_id, stage=3
-        )
-    )
-    forged = _reframe(messages[0], msg.encode_unmask_request(survivors, [1]))
-    with pytest.raises(ProtocolError, match="both"):
+    forged = _reframe(messages[0], msg.encode_ids(survivors))
+    with pytest.raises(ProtocolError, match=match):
         clients[0].handle(forged)
     with pytest.raises(ProtocolError, match="aborted"):
         clients[0].handle(messages[0])  # no second chance after a refusal
 
 
-@pytest.mark.parametrize(
-    ("survivors", "dropped", "match"),
-    [
-        ([1, 2, 3, 4], [0], "dropped although"),
-        ([0, 1, 2], [3], "classify exactly"),
-        ([0, 1, 2, 3, 4, 9], [], "classify exactly"),
-    ],
-)
-def test_client_refuses_inconsistent_unmask_requests(survivors, dropped, match):
-    _, clients, messages = _unmask_setup()
-    forged = _reframe(messages[0], msg.encode_unmask_request(survivors, dropped))
-    with pytest.raises(ProtocolError, match=match):
-        clients[0].handle(forged)
+def test_client_unmasks_only_the_survivor_set_it_signed():
+    _, clients, messages = _unmask_setup(4)
+    survivors, sigs = msg.decode_unmask(_body(messages[0]))
+    other = _reframe(messages[0], msg.encode_unmask(survivors[:-1], sorted(sigs.items())))
+    with pytest.raises(ProtocolError, match="another survivor set"):
+        clients[0].handle(other)
+
+
+def test_client_unmasks_only_with_t_signatures_of_each_peers_holders():
+    server, clients, messages = _unmask_setup(4)
+    survivors, sigs = msg.decode_unmask(_body(messages[1]))
+    t = server._params.graph.threshold
+    few = sorted(sigs.items())[: t - 1]
+    with pytest.raises(DropoutError, match="signed the survivor set"):
+        clients[1].handle(_reframe(messages[1], msg.encode_unmask(survivors, few)))
+    forged = dict(sigs)
+    forged[2] = bytes(64)  # a signature the server made up
+    _, clients, messages = _unmask_setup(4)
+    with pytest.raises(ProtocolError, match="does not verify"):
+        clients[1].handle(
+            _reframe(messages[1], msg.encode_unmask(survivors, sorted(forged.items())))
+        )
 
 
 def test_client_answers_one_unmask_request_only():
-    _, clients, messages = _unmask_setup()
+    _, clients, messages = _unmask_setup(4)
     clients[2].handle(messages[2])
     with pytest.raises(ProtocolError):
         clients[2].handle(messages[2])
@@ -237,10 +256,10 @@ def test_altered_sealed_share_is_rejected():
     spec = RoundSpec("t", 1, tuple(range(5)), 9)
     vecs, weights = _inputs(5, 9)
     _, clients, messages = _to_stage(proto, spec, vecs, weights, 2)
-    raw = bytearray(messages[0])
-    raw[-5] ^= 1
+    raw = bytearray(_body(messages[0]))
+    raw[-5] ^= 1  # inside a sealed share: even the (signing) server cannot alter it
     with pytest.raises(ProtocolError, match="authentication"):
-        clients[0].handle(bytes(raw))
+        clients[0].handle(_reframe(messages[0], bytes(raw)))
 
 
 def test_misrouted_sealed_share_is_rejected():
@@ -249,7 +268,7 @@ def test_misrouted_sealed_share_is_rejected():
     vecs, weights = _inputs(5, 9)
     _, clients, messages = _to_stage(proto, spec, vecs, weights, 2)
     # Deliver client 1's share list to client 0 under client 0's header.
-    body = wire.unframe(messages[1], protocol="secagg", session_id=spec.session_id, stage=2)
+    body = _body(messages[1])
     _, rows = msg.decode_routed(body, with_commit=False)
     rows = {0 if s == 1 else s: blob for s, blob in rows.items()}
     forged = _reframe(messages[0], msg.encode_routed(sorted(rows.items())))
@@ -261,9 +280,9 @@ def test_altered_revealed_share_is_detected():
     proto = _proto("secagg", **OPTS)
     spec = RoundSpec("t", 1, tuple(range(5)), 9)
     vecs, weights = _inputs(5, 9)
-    server, clients, messages = _to_stage(proto, spec, vecs, weights, 3)
+    server, clients, messages = _to_stage(proto, spec, vecs, weights, 4)
     replies = {c: clients[c].handle(m) for c, m in messages.items()}
-    body = wire.unframe(replies[0], protocol="secagg", session_id=spec.session_id, stage=3)
+    body = _body(replies[0])
     shares = msg.decode_reveal(body)
     rows = [(p, k, (v + 1) % 2**256) for p, (k, v) in sorted(shares.items())]
     replies[0] = _reframe(replies[0], msg.encode_reveal(rows))
@@ -294,7 +313,7 @@ def test_server_holds_no_client_secret():
         secrets_.add(c._c_key.private_bytes_raw())
     secret_ints = {int.from_bytes(s, "big") for s in secrets_}
     secret_ints |= {int.from_bytes(s, "little") for s in secrets_}
-    for _ in range(2):
+    for _ in range(3):
         replies = {c: clients[c].handle(m) for c, m in messages.items()}
         messages = server.advance(replies).messages
     assert server.aggregate() is not None

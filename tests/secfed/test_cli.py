@@ -75,3 +75,20 @@ def test_killed_job_resumes_to_the_uninterrupted_result(tmp_path):
     a = np.load(tmp_path / "full" / "checkpoints" / "round_0004" / "arrays.npz")["global_vector"]
     b = np.load(killed_dir / "checkpoints" / "round_0004" / "arrays.npz")["global_vector"]
     np.testing.assert_array_equal(a, b)
+
+
+def test_keys_generate_identity_makes_a_roster_and_owner_only_keys(tmp_path):
+    from crypto.core import identity
+
+    out = tmp_path / "keys"
+    result = runner.invoke(
+        app, ["keys", "generate", "--scheme", "identity", "--clients", "3", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    ring = identity.load(out / identity.SUBDIR)
+    assert ring is not None and set(ring.roster.keys) == {0, 1, 2, identity.SERVER_ID}
+    assert set(ring.signers) == set(ring.roster.keys)
+    for f in (out / identity.SUBDIR).iterdir():
+        assert f.stat().st_mode & 0o077 == 0
+    refused = runner.invoke(app, ["keys", "generate", "--scheme", "identity", "--out", str(out)])
+    assert refused.exit_code != 0 and "--clients" in refused.output

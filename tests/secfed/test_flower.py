@@ -43,9 +43,17 @@ def job(protocol: str = "secagg+", privacy: dict | None = None, **fed):
     )
 
 
-def local_deployment(cfg):
-    agents = {100 + c: NodeAgent(cfg, client_id=c) for c in range(cfg.federation.clients)}
+def local_deployment(cfg, key_dir=None):
+    agents = {
+        100 + c: NodeAgent(cfg, client_id=c, key_dir=key_dir) for c in range(cfg.federation.clients)
+    }
     return agents, LocalExchange({node: a.handle for node, a in agents.items()})
+
+
+def identities(cfg, root: Path) -> Path:
+    """The job's roster and identity keys (secfed keys generate --scheme identity)."""
+    crypto.core.identity.load_or_create(root / "identity", range(cfg.federation.clients))
+    return root
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -111,14 +119,19 @@ def test_flower_runner_equals_in_process_runner_with_secagg_plus_and_dp(tmp_path
     cfg = job()
     ref = FederatedRunner(cfg, tmp_path / "ref")
     ref.run()
-    _agents, exchange = local_deployment(cfg)
-    fl = FlowerRunner(cfg, tmp_path / "fl", exchange)
+    # Over Flower every party loads the roster and its identity key, so messages are signed
+    # (and byte counts equal) as in process.
+    keys = identities(cfg, tmp_path / "ids")
+    _agents, exchange = local_deployment(cfg, keys)
+    fl = FlowerRunner(cfg.with_overrides(aggregation={"key_dir": str(keys)}), tmp_path / "fl",
+                      exchange)  # fmt: skip
 
     def restart_agent(record):  # client 1's agent restarts between rounds
         if record["round"] == 1:
-            exchange.handlers[101] = NodeAgent(cfg, client_id=1).handle
+            exchange.handlers[101] = NodeAgent(cfg, client_id=1, key_dir=keys).handle
 
     summary = fl.run(on_round=restart_agent)
+    assert fl.protocol.authenticated and ref.protocol.authenticated
     assert np.array_equal(fl.state.global_vector, ref.state.global_vector)
     want, got = ref.dir.read_metrics(), fl.dir.read_metrics()
     for a, b in zip(want, got, strict=True):

@@ -1,0 +1,245 @@
+"""Authenticated framing of one party's messages in one round attempt.
+
+A :class:`Channel` frames (:mod:`crypto.core.wire`) and authenticates what its party sends,
+and checks what it receives: protocol, session (job, round, cohort), the attempt's nonce,
+stage, sender, recipient, and the sender's Ed25519 signature against the roster
+(:mod:`crypto.core.identity`). The first message each way between the server and a client is
+signed and carries a fresh X25519 key; later messages of that pair carry a GMAC under the
+HKDF of their shared secret instead (bound to the attempt and both ids), which costs far
+less than a signature over a large payload. Messages that others must check (a client's
+first message, relayed to its peers) stay signed. The server's channel draws the nonce (16
+bytes from :mod:`secrets`) when the round opens; a client's adopts it from the server's
+first, signed message. A reply from an earlier attempt of the same job, round and cohort
+carries another nonce and is refused; so is anything unauthenticated, re-addressed,
+re-stamped or altered.
+
+A refusal raises :class:`~crypto.errors.AuthenticationError` naming sender and stage. The
+server side turns it into that sender's dropout (:meth:`Channel.collect`), so a bad message
+can cost a round its contributor but never changes the sum.
+
+Without a keyring (``keyring=None``) frames are unauthenticated: the UNAUTHENTICATED mode, kept
+only to measure what authentication costs; it is named in the protocols' threat models and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..errors import AuthenticationError, DropoutError, ProtocolError
+from . import keyagreement as ka
+from . import wire
+from .identity import Keyring, party_name
+
+log = logging.getLogger(__name__)
+_DOMAIN = b"secfed/msg/v2"
+
+
+def _signed_data(head: bytes, key: bytes, payload: bytes) -> bytes:
+    """What a frame's signature covers: domain, header, carried key, the payload's SHA-256."""
+    return _DOMAIN + head + key + hashlib.sha256(payload).digest()
+
+
+def _mac(pair_key: bytes, head: bytes, payload: bytes) -> bytes:
+    """GMAC of ``payload`` under a key unique to this header (and hence to this message)."""
+    key = hmac.new(pair_key, _DOMAIN + b"/mac" + head, hashlib.sha256).digest()
+    return AESGCM(key).encrypt(bytes(12), b"", payload)
+
+
+class Channel:
+    """Signs and checks the messages of party ``me`` in one attempt of one round."""
+
+    def __init__(
+        self,
+        *,
+        tag: str,
+        session_id: bytes,
+        me: int,
+        keyring: Keyring | None,
+        stage_names: Sequence[str] = (),
+    ):
+        self.tag, self.session_id, self.me = tag, session_id, me
+        self.keyring = keyring
+        self.stage_names = tuple(stage_names)
+        self.nonce: bytes | None = (
+            secrets.token_bytes(wire.NONCE_BYTES) if me == wire.SERVER else None
+        )
+        # Per-attempt X25519 key for the pair keys with the other end(s); see seal/open.
+        self._eph = ka.generate() if keyring is not None else None
+        self._sent_key: set[int] = set()
+        self._their_key: dict[int, bytes] = {}
+        self._pair: dict[int, bytes] = {}
+        if keyring is not None and not keyring.can_sign(me):
+            keyring.sign(me, b"")  # raises KeyMaterialError naming the missing key file
+        if keyring is None and me == wire.SERVER:
+            log.warning(
+                "UNAUTHENTICATED %s round: no roster, messages are neither signed nor checked "
+                "(nothing holds against a malicious server or a network attacker)",
+                tag,
+            )
+
+    @property
+    def authenticated(self) -> bool:
+        return self.keyring is not None
+
+    @property
+    def binding(self) -> bytes:
+        """32 bytes naming this attempt (session id and nonce), for key derivation and AAD."""
+        if self.nonce is None:
+            raise ProtocolError("no message of this round has been received yet: no nonce")
+        return hashlib.sha256(b"secfed/attempt" + self.session_id + self.nonce).digest()
+
+    def stage_name(self, stage: int) -> str:
+        name = self.stage_names[stage] if 0 <= stage < len(self.stage_names) else ""
+        return f"stage {stage}" + (f" ({name})" if name else "")
+
+    def sign(self, data: bytes) -> bytes:
+        """This party's signature over ``data`` (domain-separated), or b"" unauthenticated."""
+        if self.keyring is None:
+            return b""
+        return self.keyring.sign(self.me, _DOMAIN + b"/stmt" + data)
+
+    def check_signature(self, party: int, signature: bytes, data: bytes, *, what: str) -> None:
+        """Refuse a statement ``party`` did not sign (see :meth:`sign`)."""
+        if self.keyring is None:
+            return
+        if not self.keyring.roster.verify(party, signature, _DOMAIN + b"/stmt" + data):
+            raise AuthenticationError(f"{what}: signature of {party_name(party)} does not verify")
+
+    def _pair_key(self, peer: int) -> bytes | None:
+        """The GMAC key shared with ``peer``, once each side has sent the other its key."""
+        if peer in self._pair:
+            return self._pair[peer]
+        if self._eph is None or peer not in self._sent_key or peer not in self._their_key:
+            return None
+        client = peer if self.me == wire.SERVER else self.me
+        try:
+            self._pair[peer] = ka.agree(
+                self._eph, ka.load_public(self._their_key[peer]), session_id=self.binding,
+                purpose="channel-mac", first=client, second=wire.SERVER,
+            )  # fmt: skip
+        except (ProtocolError, ValueError) as err:
+            raise AuthenticationError(
+                f"{party_name(peer)}'s channel key is invalid: {err}"
+            ) from None
+        return self._pair[peer]
+
+    def seal(self, stage: int, recipient: int, payload: bytes) -> bytes:
+        """Frame and authenticate ``payload`` for ``recipient``."""
+        if self.nonce is None:
+            raise ProtocolError("a client cannot send before the server opened the round")
+        if self.keyring is None or self._eph is None:
+            return (
+                wire.header(
+                    protocol=self.tag,
+                    session_id=self.session_id,
+                    nonce=self.nonce,
+                    stage=stage,
+                    sender=self.me,
+                    recipient=recipient,
+                    length=len(payload),
+                    signed=False,
+                )
+                + payload
+            )
+        pair = self._pair_key(recipient)
+        head = wire.header(
+            protocol=self.tag, session_id=self.session_id, nonce=self.nonce, stage=stage,
+            sender=self.me, recipient=recipient, length=len(payload), signed=pair is None,
+            keyed=pair is None, maced=pair is not None,
+        )  # fmt: skip
+        if pair is not None:
+            return head + payload + _mac(pair, head, payload)
+        key = ka.public_bytes(self._eph)
+        self._sent_key.add(recipient)
+        return head + key + payload + self.keyring.sign(self.me, _signed_data(head, key, payload))
+
+    def open(
+        self, message: bytes, *, stage: int, sender: int, recipient: int | None = None
+    ) -> bytes:
+        """The payload of ``message`` from ``sender`` at ``stage``, or AuthenticationError.
+
+        ``recipient`` defaults to this party; a relayed original (a peer's message to the
+        server, forwarded) is checked with ``recipient=SERVER``.
+        """
+        where = f"{self.stage_name(stage)} message from {party_name(sender)}"
+        try:
+            head, header_bytes, payload, auth, key = wire.split(message)
+        except ProtocolError as err:
+            raise AuthenticationError(f"refused {where}: {err}") from None
+        want_to = self.me if recipient is None else recipient
+        problem = None
+        if head.protocol != self.tag:
+            problem = f"it is for protocol {head.protocol!r}, not {self.tag!r}"
+        elif head.session_id != self.session_id:
+            problem = "it belongs to another job, round or cohort (session id)"
+        elif self.nonce is not None and head.nonce != self.nonce:
+            problem = "it belongs to another attempt of this round (nonce): replayed"
+        elif head.stage != stage:
+            problem = f"it is a stage {head.stage} message: replayed or out of order"
+        elif head.sender != sender:
+            problem = f"it claims sender {party_name(head.sender)}"
+        elif head.recipient != want_to:
+            problem = f"it is addressed to {party_name(head.recipient)}"
+        elif self.keyring is not None:
+            pair = self._pair_key(sender) if recipient is None else None
+            if pair is not None:
+                if not head.maced:
+                    problem = "it is not authenticated with the pair key of this attempt"
+                elif not hmac.compare_digest(auth, _mac(pair, header_bytes, payload)):
+                    problem = "its MAC does not verify"
+            elif not head.signed:
+                problem = "it is unsigned and this party holds a roster"
+            elif not self.keyring.roster.verify(
+                sender, auth, _signed_data(header_bytes, key, payload)
+            ):
+                problem = "its signature does not verify against the roster"
+        elif head.signed or head.maced:
+            problem = "it is authenticated but this party holds no roster to check it"
+        if problem is not None:
+            raise AuthenticationError(f"refused {where}: {problem}")
+        if self.nonce is None:
+            if sender != wire.SERVER:
+                raise AuthenticationError(f"refused {where}: the round was not opened yet")
+            self.nonce = head.nonce
+        if recipient is None and head.keyed and self.keyring is not None:
+            self._their_key[sender] = key  # signed above: the sender's key for this attempt
+        return payload
+
+    def collect(
+        self,
+        replies: Mapping[int, bytes],
+        *,
+        stage: int,
+        expected: set[int] | frozenset[int],
+        refused: dict[int, str],
+    ) -> dict[int, bytes]:
+        """Payloads of the replies that pass :meth:`open`, by ascending id.
+
+        A reply from a client that was not asked, or one failing any check, is refused (added
+        to ``refused`` with the reason) and counts as that client's dropout. Raises
+        ``DropoutError`` when no reply is left.
+        """
+        bodies: dict[int, bytes] = {}
+        for cid in sorted(replies):
+            if cid not in expected:
+                refused[cid] = f"reply from {party_name(cid)}, who was not asked at this stage"
+                continue
+            try:
+                bodies[cid] = self.open(replies[cid], stage=stage, sender=cid)
+            except AuthenticationError as err:
+                refused[cid] = str(err)
+        for why in refused.values():
+            log.warning("%s: counted as a dropout", why)
+        if not bodies:
+            detail = f" ({len(refused)} refused: {next(iter(refused.values()))})" if refused else ""
+            raise DropoutError(
+                f"no valid reply at {self.stage_name(stage)}: every client of the cohort dropped "
+                f"out{detail}"
+            )
+        return bodies

@@ -98,11 +98,25 @@ def encode(
     return TensorDataset(enc["input_ids"], enc["attention_mask"], labels)
 
 
-def build_parts(cfg: ExperimentConfig) -> JobParts:
-    """Data, shards, tokenizer and model with its adapter, deterministic by ``cfg.seed``."""
-    data = load_dataset(cfg.data, seed=cfg.seed)
-    shards = partition(data, cfg.data, cfg.federation, seed=cfg.seed)
-    num_labels = max(data.num_labels, 2)
+def build_parts(
+    cfg: ExperimentConfig,
+    *,
+    data: TextDataset | None = None,
+    shards: list[ClientShard] | None = None,
+    num_labels: int | None = None,
+    tokenizer_texts: list[str] | None = None,
+) -> JobParts:
+    """Data, shards, tokenizer and model with its adapter, deterministic by ``cfg.seed``.
+
+    By default the data is the job's dataset partitioned across its clients; a Flower node
+    with its own file passes ``data`` and ``shards`` (and the shared ``num_labels`` and
+    ``tokenizer_texts``, so every node builds the same model).
+    """
+    if data is None:
+        data = load_dataset(cfg.data, seed=cfg.seed)
+    if shards is None:
+        shards = partition(data, cfg.data, cfg.federation, seed=cfg.seed)
+    num_labels = num_labels or max(data.num_labels, 2)
     if cfg.model.path:
         base, tokenizer = models.load_pretrained(
             cfg.model.path, task=cfg.model.task, num_labels=num_labels
@@ -111,7 +125,7 @@ def build_parts(cfg: ExperimentConfig) -> JobParts:
     else:
         family = cfg.model.family
         tokenizer = models.train_tokenizer(
-            _tokenizer_corpus(cfg, data), vocab_size=cfg.model.vocab_size, family=family
+            tokenizer_texts or _tokenizer_corpus(cfg, data), vocab_size=cfg.model.vocab_size, family=family
         )
         base = models.build_tiny_model(
             family,

@@ -20,6 +20,7 @@ class TextDataset:
     texts: list[str]
     labels: list[int]
     records: list[tuple[str, str]] | None = None  # (prompt, response) for causal-LM SFT
+    label_names: list[str] | None = None  # string labels: label i is label_names[i]
 
     @property
     def num_labels(self) -> int:
@@ -58,6 +59,7 @@ def _load_hf(cfg: DataSection) -> TextDataset:
             )
     texts = [str(t) for t in ds[cfg.text_column]]
     raw = list(ds[cfg.label_column])
+    names = None
     if all(isinstance(v, int | np.integer) for v in raw):
         labels = [int(v) for v in raw]
         if min(labels) < 0:
@@ -66,7 +68,7 @@ def _load_hf(cfg: DataSection) -> TextDataset:
         names = sorted({str(v) for v in raw})
         lookup = {name: i for i, name in enumerate(names)}
         labels = [lookup[str(v)] for v in raw]
-    return TextDataset(texts, labels)
+    return TextDataset(texts, labels, label_names=names)
 
 
 def load_dataset(cfg: DataSection, *, seed: int) -> TextDataset:

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1
+#: How often the server asks the SuperLink for replies (a local call on the SuperLink host).
+POLL_SECONDS = 0.02
 
 
 class Exchange(Protocol):

@@ -59,7 +59,7 @@ class FederatedRunner(LocalTraining):
     def __init__(self, cfg: ExperimentConfig, run_dir: str | Path):
         self.cfg = cfg
         self.dir = RunDir(run_dir)
-        self.parts: JobParts = build_parts(cfg)
+        self.parts: JobParts = self.build_parts(cfg)
         self.dim = models.adapter_size(self.parts.model)
         self.strategy: Strategy = create_strategy(
             cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
@@ -74,6 +74,10 @@ class FederatedRunner(LocalTraining):
         initial = models.adapter_vector(self.parts.model).astype(np.float64)
         self.state = JobState(round=0, job_id="", global_vector=initial)
         self.stopped_early: str | None = None
+
+    def build_parts(self, cfg: ExperimentConfig) -> JobParts:
+        """The job's data, model and adapter (a Flower server or node builds its own)."""
+        return build_parts(cfg)
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod

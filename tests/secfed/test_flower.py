@@ -124,9 +124,10 @@ def test_flower_runner_equals_in_process_runner_with_secagg_plus_and_dp(tmp_path
     for a, b in zip(want, got, strict=True):
         assert a["epsilon"] == b["epsilon"] and a["accuracy"] == b["accuracy"]
         assert a["bytes_up_per_client"] == b["bytes_up_per_client"]
-    # secagg+: setup, shares, masked input, unmasking are separate message exchanges.
-    stages = {g for g, kind, _ in exchange.calls if g.startswith("1/stage")}
-    assert len(stages) >= 4
+    # secagg+: setup travels with the training request; shares, masked input and unmasking
+    # are separate message exchanges.
+    groups = {g for g, _, _ in exchange.calls if g.startswith("1/")}
+    assert groups == {"1/train", "1/stage1", "1/stage2", "1/stage3"}
     assert summary["privacy"]["threat_model"]["deployment"] == "flower"
 
 

@@ -51,25 +51,11 @@ from .codec import (
     to_frame,
 )
 from .nodedata import LOCAL_KEY, NodeData, load_node_data, shared_tokenizer_texts
+from .policy import check_deployable
 
 log = logging.getLogger(__name__)
 
 READY = "ready"
-
-
-def check_deployable(cfg: ExperimentConfig) -> None:
-    """Refuse job features the Flower adapter does not carry yet."""
-    if cfg.federation.strategy == "scaffold":
-        raise ConfigError(
-            "federation.strategy = 'scaffold' keeps per-client control variates on the server; "
-            "the Flower adapter does not ship them yet: use fedavg, fedprox, fedavgm or an "
-            "adaptive strategy, or run in-process with `secfed run`"
-        )
-    if cfg.watermark.enabled:
-        raise ConfigError(
-            "watermark.enabled = true needs the owners' keys on every client; the Flower "
-            "adapter does not distribute them yet: disable it or run in-process"
-        )
 
 
 class _AgentRunner(FederatedRunner):
@@ -116,13 +102,18 @@ class NodeAgent:
         self.client_id = client_id
         self.key_dir = key_dir
         node_config = dict(node_config or {})
-        self.local = load_node_data(cfg, node_config, seed=cfg.seed) if LOCAL_KEY in node_config else None
+        self.local = (
+            load_node_data(cfg, node_config, seed=cfg.seed) if LOCAL_KEY in node_config else None
+        )
         self._scratch = tempfile.TemporaryDirectory(prefix="secfed-agent-")
         self.runner = _AgentRunner(cfg, self._scratch.name, client_id, self.local, node_config)
         if self.local is not None:
             self.info: dict[str, Any] = self.local.info()
         else:
-            self.info = {"data": "partition", "num_examples": len(self.runner.client_data(client_id))}
+            self.info = {
+                "data": "partition",
+                "num_examples": len(self.runner.client_data(client_id)),
+            }
         self.info["dim"] = self.runner.dim
         if cfg.privacy.sample.enabled:
             self.runner.sample_dp = SampleLevelDP(cfg, {client_id: self.info["num_examples"]})
@@ -311,8 +302,11 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m secfed.flower.agent``: build the client and serve its SuperNode."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("job", type=Path, help="experiment file (the same on every machine)")
-    ap.add_argument("--node-config", default=None,
-                    help="the SuperNode's --node-config string (partition-id, data-path, ...)")
+    ap.add_argument(
+        "--node-config",
+        default=None,
+        help="the SuperNode's --node-config string (partition-id, data-path, ...)",
+    )
     ap.add_argument("--client-id", type=int, default=None, help="default: partition-id")
     ap.add_argument("--agent-dir", type=Path, required=True, help="socket directory")
     ap.add_argument("--key-dir", type=Path, default=None, help="client keys (paillier/ckks)")

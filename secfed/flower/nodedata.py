@@ -72,7 +72,7 @@ def section_for(cfg: ExperimentConfig, node_config: dict[str, Any], *, key: str)
         suffix = Path(path).suffix.lower()
         if suffix not in SUFFIX_SOURCE:
             raise ConfigError(
-                f"cannot tell the format of {path!r} from its suffix: add data-source=\"csv\" "
+                f'cannot tell the format of {path!r} from its suffix: add data-source="csv" '
                 "(or json, parquet) to the node config"
             )
         values["source"] = SUFFIX_SOURCE[suffix]
@@ -112,9 +112,7 @@ def load_node_data(cfg: ExperimentConfig, node_config: dict[str, Any], *, seed: 
                 f"{node_config[EVAL_PATH]} has label names {test_names}, "
                 f"{node_config['data-path']} has {names}: use the same labels in both files"
             )
-        data = TextDataset(
-            train_data.texts + test_data.texts, train_data.labels + test_data.labels
-        )
+        data = TextDataset(train_data.texts + test_data.texts, train_data.labels + test_data.labels)
         train, test = np.arange(n), np.arange(n, len(data.texts))
     else:
         section = section_for(cfg, node_config, key="data-path")

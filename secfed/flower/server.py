@@ -33,10 +33,10 @@ from ..errors import ConfigError, ResumeError
 from ..job_dp import SampleLevelDP
 from ..rundir import RunDir
 from ..runner import ClientResult, FederatedRunner
-from .agent import check_deployable
 from .codec import Envelope, envelope_aggregate, vector_bytes
 from .exchange import Exchange
 from .nodedata import load_eval_file, shared_tokenizer_texts
+from .policy import check_deployable
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +352,12 @@ class FlowerRunner(FederatedRunner):
             tm["deployment_data"] = (
                 "each organisation's file stays on its node; the server learns client ids, "
                 "example counts, label names"
-                + ("" if self.eval_path else " and, per round, each node's held-out loss and "
-                   "accuracy sums (federated evaluation)")
+                + (
+                    ""
+                    if self.eval_path
+                    else " and, per round, each node's held-out loss and "
+                    "accuracy sums (federated evaluation)"
+                )
             )
         if self.protocol.learned_by == "clients":
             tm["deployment_note"] = (

@@ -194,8 +194,9 @@ class LocalDeployment:
         self.job = self.job.resolve()
         # Flower starts helpers (flower-superexec, flwr-serverapp) by name: PATH must hold them.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        self.env = {**os.environ, "FLWR_HOME": str(home), "OMP_NUM_THREADS": "1", "PATH": path,
-                    "SECFED_SUPERNODE_POLL": str(self.poll)}  # fmt: skip
+        self.env = {**os.environ, "FLWR_HOME": str(home), "OMP_NUM_THREADS": "1", "PATH": path}
+        if self.poll > 0:
+            self.env["SECFED_SUPERNODE_POLL"] = str(self.poll)
         port = free_port()  # Flower 1.41 serves Fleet, Control and runtime APIs on one port
         self.control_address = f"127.0.0.1:{port}"
         (home / "config.toml").write_text(
@@ -219,8 +220,11 @@ class LocalDeployment:
             "--host", "127.0.0.1", "--port", str(port),
         ])  # fmt: skip
         for i, conf in enumerate(configs):
+            # poll <= 0: Flower's own flower-supernode with its stock intervals
+            entry = ([sys.executable, "-m", "secfed.flower.supernode"] if self.poll > 0
+                     else [_bin("flower-supernode")])  # fmt: skip
             self._spawn(f"supernode-{i}", [
-                sys.executable, "-m", "secfed.flower.supernode", "--insecure",
+                *entry, "--insecure",
                 "--superlink", self.control_address,
                 "--node-config", conf,
                 "--host", "127.0.0.1", "--port", str(free_port()),
@@ -387,7 +391,8 @@ def main(argv: list[str] | None = None) -> None:
         help="server-side evaluation file (with --data; default: federated)",
     )
     ap.add_argument("--key-dir", type=Path, default=None, help="keys for paillier/ckks")
-    ap.add_argument("--poll", type=float, default=0.1, help="SuperNode idle poll, seconds")
+    ap.add_argument("--poll", type=float, default=0.1,
+                    help="SuperNode idle poll in seconds (0: Flower's stock 3 s)")  # fmt: skip
     ap.add_argument("--stage-timeout", type=float, default=120.0)
     ap.add_argument("--train-timeout", type=float, default=600.0)
     args = ap.parse_args(argv)

@@ -351,8 +351,6 @@ def check_launch(cfg: ExperimentConfig, args: argparse.Namespace, out: Path) -> 
         if not path.is_file():
             raise ConfigError(f"--data {path}: no such file")
     if args.resume:
-        if not RunDir(out).config.exists() or RunDir(out).latest_checkpoint() is None:
-            raise ConfigError(f"--resume {out}: no secfed run with a checkpoint there")
         if RunDir(out).summary.exists():
             raise ConfigError(f"{out} holds a finished run (summary.json): nothing to resume")
     elif out.exists() and any(out.iterdir()):
@@ -413,8 +411,9 @@ def _launch(args: argparse.Namespace) -> dict[str, Any]:
     from ..config import load_config
 
     if args.resume is not None:
-        out = args.resume
-        job = out / "config.toml"
+        job = args.resume / "config.toml"
+        if not job.is_file() or RunDir(args.resume).latest_checkpoint() is None:
+            raise ConfigError(f"--resume {args.resume}: no secfed run with a checkpoint there")
     elif args.job is None:
         raise ConfigError("give a job file, or --resume RUN_DIR")
     else:

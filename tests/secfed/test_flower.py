@@ -369,3 +369,79 @@ def test_nodes_whose_labels_mean_different_classes_are_refused(tmp_path):
     agents = org_agents(cfg, files[:2] + [odd])
     with pytest.raises(ConfigError, match="name their labels differently"):
         FlowerRunner(cfg, tmp_path / "fl", LocalExchange({n: a.handle for n, a in agents.items()}))
+
+
+# -- the local launcher's refusals (nothing is started) ------------------------------------
+@pytest.mark.parametrize(
+    ("setup", "args", "reason"),
+    [
+        ("exists", [], "already exists and is not empty"),
+        ("", ["--supernodes", "2"], "--supernodes 2 but the job has federation.clients = 3"),
+        ("scaffold", [], "scaffold"),
+        ("", ["--data", "a.csv"], "1 --data files for 3 clients"),
+        ("", ["--resume", "RUN"], "no secfed run with a checkpoint"),
+    ],
+)
+def test_launcher_refuses_in_one_line_before_starting_anything(
+    tmp_path, caplog, monkeypatch, setup, args, reason
+):
+    from secfed.flower import launch
+
+    spawned = []
+    monkeypatch.setattr(launch.LocalDeployment, "_spawn", lambda *a: spawned.append(a))
+    cfg = tiny_job(federation={"strategy": "scaffold"} if setup == "scaffold" else {})
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(cfg.to_toml())
+    out = tmp_path / "RUN"
+    if setup == "exists":
+        out.mkdir()
+        (out / "summary.json").write_text("{}")
+    argv = [str(job_file), "--out", str(out)] + [a.replace("RUN", str(out)) for a in args]
+    with pytest.raises(SystemExit) as exc:
+        launch.main(argv)
+    assert exc.value.code == 2 and not spawned
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and reason in errors[0] and "\n" not in errors[0]
+
+
+# -- three organisations on a real SuperLink -----------------------------------------------
+@pytest.mark.slow
+def test_three_organisations_on_a_superlink_and_one_goes_away(tmp_path, monkeypatch):
+    """Three SuperNodes read three different local files; node 2's agent stops after round 1
+    and client 2 becomes a dropout while the job goes on; logs stay, scratch dirs go."""
+    import signal as signals
+
+    from secfed.flower.launch import LocalDeployment
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    files = write_org_files(tmp_path)
+    cfg = job("plain", privacy={}, rounds=3)
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(cfg.to_toml())
+    out = tmp_path / "out"
+    dep = LocalDeployment(job_file, 3, tmp_path / "d", logdir=out / "flower-logs", data=files)
+    stopper_done = threading.Event()
+
+    def stop_agent_2_after_round_1():
+        while not stopper_done.is_set():
+            if len(RunDir(out).read_metrics()) >= 1:
+                dict(dep.procs)["agent-2"].send_signal(signals.SIGTERM)
+                return
+            time.sleep(0.2)
+
+    try:
+        dep.start()
+        threading.Thread(target=stop_agent_2_after_round_1, daemon=True).start()
+        summary = dep.run(out, timeout=540)
+    finally:
+        stopper_done.set()
+        dep.stop()
+    rows = RunDir(out).read_metrics()
+    assert [r["contributors"] for r in rows] == [[0, 1, 2], [0, 1], [0, 1]], rows
+    assert [r["dropped"] for r in rows] == [[], [2], [2]]
+    assert all(r["evaluated_on"] == 10 + 14 + (18 if i == 0 else 0) for i, r in enumerate(rows))
+    assert summary["rounds"] == 3 and "agent-2" in dep.lost
+    assert (out / "flower-logs" / "supernode-2.log").exists()
+    assert not list(scratch.glob("secfed-agent-*")), "agent scratch directories left behind"

@@ -124,9 +124,8 @@ def build_parts(
         family = models.family_of(base)
     else:
         family = cfg.model.family
-        tokenizer = models.train_tokenizer(
-            tokenizer_texts or _tokenizer_corpus(cfg, data), vocab_size=cfg.model.vocab_size, family=family
-        )
+        corpus = tokenizer_texts or _tokenizer_corpus(cfg, data)
+        tokenizer = models.train_tokenizer(corpus, vocab_size=cfg.model.vocab_size, family=family)
         base = models.build_tiny_model(
             family,
             task=cfg.model.task,

@@ -366,7 +366,7 @@ def test_nodes_whose_labels_mean_different_classes_are_refused(tmp_path):
     odd = tmp_path / "odd.csv"
     odd.write_text(files[2].read_text().replace(",pos", ",positive"))
     cfg = job("plain", privacy={}, rounds=1)
-    agents = org_agents(cfg, files[:2] + [odd])
+    agents = org_agents(cfg, [*files[:2], odd])
     with pytest.raises(ConfigError, match="name their labels differently"):
         FlowerRunner(cfg, tmp_path / "fl", LocalExchange({n: a.handle for n, a in agents.items()}))
 

@@ -303,14 +303,15 @@ class LocalDeployment:
         return max(reported, len(rows))
 
     def stop(self) -> None:
-        """Terminate every process started here and their helpers (kill after 10 s)."""
+        """Terminate every process started here and their helpers (kill after 20 s)."""
         helpers = descendants([p.pid for _, p in self.procs if p.poll() is None])
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.terminate()
+        deadline = time.monotonic() + 20  # one deadline for all: a loaded machine is slow
         for name, proc in reversed(self.procs):
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
                 log.warning("%s (pid %d) ignored SIGTERM: killing it", name, proc.pid)
                 proc.kill()
@@ -395,6 +396,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--train-timeout", type=float, default=600.0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    signal.signal(signal.SIGTERM, _interrupt)  # stop every process, as on Ctrl-C
     try:
         summary = _launch(args)
     except (SecfedError, TimeoutError) as err:
@@ -405,6 +407,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
     log.info("finished: %d rounds, accuracy %s, results in %s", summary["rounds"],
              summary["accuracy"], summary["_out"])  # fmt: skip
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _launch(args: argparse.Namespace) -> dict[str, Any]:

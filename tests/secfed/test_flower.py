@@ -445,3 +445,20 @@ def test_three_organisations_on_a_superlink_and_one_goes_away(tmp_path, monkeypa
     assert summary["rounds"] == 3 and "agent-2" in dep.lost
     assert (out / "flower-logs" / "supernode-2.log").exists()
     assert not list(scratch.glob("secfed-agent-*")), "agent scratch directories left behind"
+
+
+def test_resume_over_flower_ends_where_an_uninterrupted_run_ends(tmp_path):
+    cfg = job(rounds=2)  # secagg+ with DP-SGD: the accountants must survive the restart
+    ref = FederatedRunner(cfg, tmp_path / "ref")
+    ref.run()
+    _agents, exchange = local_deployment(cfg)
+    first = FlowerRunner(cfg, tmp_path / "fl", exchange)
+    first.start()
+    first.run_round(1)  # then the server dies; the nodes' agents restart too
+    _agents, exchange = local_deployment(cfg)
+    resumed = FlowerRunner.resume_over(tmp_path / "fl", exchange)
+    assert resumed.state.round == 1
+    summary = resumed.run()
+    assert np.array_equal(resumed.state.global_vector, ref.state.global_vector)
+    assert [r["round"] for r in resumed.dir.read_metrics()] == [1, 2]
+    assert summary["privacy"]["epsilon"] == ref.privacy_summary()["epsilon"]

@@ -67,6 +67,9 @@ key-dir = ""
 train-timeout = 600.0
 stage-timeout = 120.0
 connect-timeout = 120.0
+eval-path = ""
+resume = ""
+simulation = false
 """
 
 

@@ -462,3 +462,45 @@ def test_resume_over_flower_ends_where_an_uninterrupted_run_ends(tmp_path):
     assert np.array_equal(resumed.state.global_vector, ref.state.global_vector)
     assert [r["round"] for r in resumed.dir.read_metrics()] == [1, 2]
     assert summary["privacy"]["epsilon"] == ref.privacy_summary()["epsilon"]
+
+
+def test_app_configs_declare_every_run_config_key():
+    """Flower refuses --run-config keys the app does not declare: the launcher's app and the
+    example app must both declare every key the ServerApp and ClientApp read."""
+    import tomllib
+
+    from secfed.flower.launch import APP_TOML
+
+    read = {"job", "out", "key-dir", "train-timeout", "stage-timeout", "connect-timeout",
+            "eval-path", "resume", "simulation"}  # fmt: skip
+    example = Path(__file__).parents[2] / "examples" / "flower" / "pyproject.toml"
+    for text in (APP_TOML, example.read_text()):
+        assert set(tomllib.loads(text)["tool"]["flwr"]["app"]["config"]) == read
+
+
+def test_simulation_runtime_keeps_one_agent_per_virtual_node_in_process(tmp_path):
+    from flwr.app import Context, Message, RecordDict
+
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from secfed.flower import client_app
+
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 5, 7, 1
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(job("plain", privacy={}, rounds=1).to_toml())
+    run_config = {"job": str(job_file), "simulation": True}
+    ctx = Context(5, 7, {"partition-id": 1, "num-partitions": 3}, RecordDict(), run_config)
+    msg = Message(to_record(Envelope("hello")), dst_node_id=7, message_type="query")
+    try:
+        first = from_record(client_app.handle_message(msg, ctx).content)
+        agent = client_app._IN_PROCESS[(5, 1)]
+        again = from_record(client_app.handle_message(msg, ctx).content)
+        assert first.meta["client"] == 1 and first == again
+        assert client_app._IN_PROCESS[(5, 1)] is agent  # built once, kept across messages
+        # outside a simulation a node config without agent-dir is an error, never a new agent
+        with pytest.raises(EnvelopeError, match="lacks 'agent-dir'"):
+            client_app.handle_message(msg, Context(5, 7, ctx.node_config, RecordDict(), {}))
+    finally:
+        for a in client_app._IN_PROCESS.values():
+            a.close()
+        client_app._IN_PROCESS.clear()

@@ -46,11 +46,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("job", nargs="?", default="examples/default.toml")
     ap.add_argument("--stock", action="store_true", help="also run with Flower's own intervals")
+    ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
     args = ap.parse_args()
     py = sys.executable
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-flower-") as tmp:
-        root = Path(tmp)
+        root = args.keep or Path(tmp)
         results["in-process"] = run(
             [py, "-m", "secfed", "run", args.job, "--out", str(root / "a")], root / "a"
         )

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -132,15 +133,17 @@ def _toml_str(value: str) -> str:
 
 
 def last_error(log_path: Path) -> str:
-    """The most telling line of a process log: its last error line, else its last line."""
+    """The most telling line of a process log: the last exception line (``XError: why``),
+    else the last line mentioning an error, else the last line."""
     try:
         lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()]
     except OSError:
         return "(no log)"
     lines = [ln for ln in lines if ln]
-    for line in reversed(lines):
-        if "Error" in line or "ERROR" in line:
-            return line
+    for pattern in (r"^[\w.]*(Error|Exception): ", r"Error|ERROR"):
+        for line in reversed(lines):
+            if re.search(pattern, line):
+                return line
     return lines[-1] if lines else "(empty log)"
 
 

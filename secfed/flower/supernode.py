@@ -12,8 +12,14 @@ value. Every ``flower-supernode`` argument works as is. Each idle node then send
 SuperLink about ten small requests a second: fine for tens of organisations; raise the value
 for many nodes.
 
-If the Flower version lacks the patched module attribute the SuperNode runs unpatched, with
-a warning.
+Flower also gives a freshly started ClientApp process 30 s (``HEARTBEAT_DEFAULT_INTERVAL``)
+from the task's claim to its first call; on an overloaded machine (load 25-30 on 2 cores was
+seen) starting Python and importing Flower takes longer, the claim expires and every message
+fails with "task-token authentication failed". This entry point extends that grace to
+``SECFED_TASK_GRACE`` seconds (default 120) in the SuperNode's own task state.
+
+If the Flower version lacks a patched module attribute that part runs unpatched, with a
+warning.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 
 POLL_ENV = "SECFED_SUPERNODE_POLL"
 DEFAULT_POLL = 0.1
+GRACE_ENV = "SECFED_TASK_GRACE"
+DEFAULT_GRACE = 120.0
 
 
 class _CappedSleep(ModuleType):
@@ -57,6 +65,22 @@ def poll_seconds() -> float:
     return value
 
 
+def extend_grace(seconds: float) -> bool:
+    """Give a starting ClientApp ``seconds`` to call in; False where Flower differs."""
+    from flwr.supercore.corestate import in_memory_corestate, sql_corestate
+
+    done = True
+    for module in (in_memory_corestate, sql_corestate):
+        if not isinstance(getattr(module, "HEARTBEAT_DEFAULT_INTERVAL", None), int | float):
+            log.warning("%s has no HEARTBEAT_DEFAULT_INTERVAL: grace unchanged", module.__name__)
+            done = False
+            continue
+        module.HEARTBEAT_DEFAULT_INTERVAL = max(  # type: ignore[attr-defined]
+            module.HEARTBEAT_DEFAULT_INTERVAL, seconds
+        )
+    return done
+
+
 def patch(cap: float) -> bool:
     """Cap the SuperNode loop's sleeps; False where this Flower version differs."""
     from flwr.supernode import start_client_internal as sci
@@ -73,6 +97,11 @@ def main() -> None:
     cap = poll_seconds()
     os.environ.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", str(cap))
     patch(cap)
+    try:
+        grace = float(os.environ.get(GRACE_ENV, str(DEFAULT_GRACE)))
+    except ValueError:
+        raise SystemExit(f"{GRACE_ENV} must be seconds") from None
+    extend_grace(grace)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     sys.argv[0] = "flower-supernode"

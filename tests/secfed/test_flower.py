@@ -504,3 +504,39 @@ def test_simulation_runtime_keeps_one_agent_per_virtual_node_in_process(tmp_path
         for a in client_app._IN_PROCESS.values():
             a.close()
         client_app._IN_PROCESS.clear()
+
+
+@pytest.mark.slow
+def test_simulation_runtime_runs_the_same_app(tmp_path):
+    """`flwr run` on Flower's simulation runtime (ray) ends where the in-process job ends."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    from secfed.flower.launch import APP_TOML
+
+    cfg = job("secagg", privacy={}, rounds=2)
+    (tmp_path / "job.toml").write_text(cfg.to_toml())
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "pyproject.toml").write_text(APP_TOML)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(
+        '[superlink]\ndefault = "sim"\n\n[superlink.sim]\noptions.num-supernodes = 3\n'
+        "options.backend.client-resources.num-cpus = 2\noptions.backend.init-args.num-cpus = 2\n"
+    )
+    bindir = str(Path(sys.executable).parent)
+    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}"}
+    run_config = f'job="{tmp_path / "job.toml"}" out="{tmp_path / "out"}" simulation=true'
+    subprocess.run(
+        [f"{bindir}/flwr", "run", str(tmp_path / "app"), "sim", "--stream",
+         "--run-config", run_config],
+        env=env, cwd=tmp_path, timeout=840, check=True, capture_output=True,
+    )  # fmt: skip
+    ref = FederatedRunner(cfg, tmp_path / "ref")
+    ref.run()
+    out = RunDir(tmp_path / "out")
+    assert [r["contributors"] for r in out.read_metrics()] == [[0, 1, 2], [0, 1, 2]]
+    latest = out.latest_checkpoint()
+    assert latest is not None
+    assert np.array_equal(load_checkpoint(latest).global_vector, ref.state.global_vector)

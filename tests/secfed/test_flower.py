@@ -480,7 +480,6 @@ def test_app_configs_declare_every_run_config_key():
 
 def test_simulation_runtime_keeps_one_agent_per_virtual_node_in_process(tmp_path):
     from flwr.app import Context, Message, RecordDict
-
     from flwr.supercore.task_identity import TaskIdentity
 
     from secfed.flower import client_app

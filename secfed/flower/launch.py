@@ -17,14 +17,10 @@ ClientApp) is written into a scratch directory and the installed secfed is used.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +35,16 @@ from ..config import ExperimentConfig
 from ..errors import ConfigError, SecfedError
 from ..rundir import RunDir
 from .policy import check_deployable
+from .procs import (
+    descendants,
+    find_bin,
+    free_port,
+    last_error,
+    listening,
+    pid_alive,
+    send_signal,
+    toml_str,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,84 +80,11 @@ simulation = false
 """
 
 
-def descendants(roots: list[int]) -> list[int]:
-    """Pids of every process below ``roots`` (Linux ``/proc``; empty elsewhere)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found: list[int] = []
-    todo = list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
-def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(OSError):
-        os.kill(pid, sig)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if found is None:
-        raise FileNotFoundError(
-            f"{name!r} is not installed: pip install -e '.[flower]' (Flower >= 1.41)"
-        )
-    return found
-
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)  # a JSON string is a valid TOML basic string
-
-
-def last_error(log_path: Path) -> str:
-    """The most telling line of a process log: the last exception line (``XError: why``),
-    else the last line mentioning an error, else the last line."""
-    try:
-        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines()]
-    except OSError:
-        return "(no log)"
-    lines = [ln for ln in lines if ln]
-    for pattern in (r"^[\w.]*(Error|Exception): ", r"Error|ERROR"):
-        for line in reversed(lines):
-            if re.search(pattern, line):
-                return line
-    return lines[-1] if lines else "(empty log)"
-
-
 def node_config(i: int, n: int, agent_dir: Path, data: Path | None, extra: str = "") -> str:
     """The ``--node-config`` string of SuperNode ``i`` (its agent is given the same)."""
-    text = f"partition-id={i} num-partitions={n} agent-dir={_toml_str(str(agent_dir))}"
+    text = f"partition-id={i} num-partitions={n} agent-dir={toml_str(str(agent_dir))}"
     if data is not None:
-        text += f" data-path={_toml_str(str(data.resolve()))}"
+        text += f" data-path={toml_str(str(data.resolve()))}"
     return f"{text} {extra}".strip()
 
 
@@ -222,13 +155,13 @@ class LocalDeployment:
                 cmd += ["--key-dir", str(self.key_dir)]
             self._spawn(f"agent-{i}", cmd)
         self._spawn("superlink", [
-            _bin("flower-superlink"), "--insecure",
+            find_bin("flower-superlink"), "--insecure",
             "--host", "127.0.0.1", "--port", str(port),
         ])  # fmt: skip
         for i, conf in enumerate(configs):
             # poll <= 0: Flower's own flower-supernode with its stock intervals
             entry = ([sys.executable, "-m", "secfed.flower.supernode"] if self.poll > 0
-                     else [_bin("flower-supernode")])  # fmt: skip
+                     else [find_bin("flower-supernode")])  # fmt: skip
             self._spawn(f"supernode-{i}", [
                 *entry, "--insecure",
                 "--superlink", self.control_address,
@@ -236,7 +169,7 @@ class LocalDeployment:
                 "--host", "127.0.0.1", "--port", str(free_port()),
             ])  # fmt: skip
         deadline = time.monotonic() + ready_timeout
-        while not (all((d / "ready").exists() for d in agent_dirs) and _listening(port)):
+        while not (all((d / "ready").exists() for d in agent_dirs) and listening(port)):
             self._check_alive(strict=True)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"node agents not ready after {ready_timeout:.0f} s")
@@ -273,11 +206,11 @@ class LocalDeployment:
         if self.key_dir is not None:
             values["key-dir"] = str(self.key_dir.resolve())
         values.update(run_config or {})
-        rc = " ".join(f"{k}={_toml_str(v) if isinstance(v, str) else v}" for k, v in values.items())
+        rc = " ".join(f"{k}={toml_str(v) if isinstance(v, str) else v}" for k, v in values.items())
         summary = out / "summary.json"
         started = time.time()
         proc = self._spawn("flwr-run", [
-            _bin("flwr"), "run", str(app_dir), "secfed-local", "--run-config", rc, "--stream",
+            find_bin("flwr"), "run", str(app_dir), "secfed-local", "--run-config", rc, "--stream",
         ])  # fmt: skip
         deadline = time.monotonic() + timeout
         reported = len(RunDir(out).read_metrics()) if resume else 0
@@ -323,12 +256,12 @@ class LocalDeployment:
                 proc.kill()
                 proc.wait(timeout=10)
         for pid in helpers:  # Flower's detached helpers outlive their parent otherwise
-            _signal(pid, signal.SIGTERM)
+            send_signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
-        while (alive := [p for p in helpers if _exists(p)]) and time.monotonic() < deadline:
+        while (alive := [p for p in helpers if pid_alive(p)]) and time.monotonic() < deadline:
             time.sleep(0.2)
         for pid in alive:
-            _signal(pid, signal.SIGKILL)
+            send_signal(pid, signal.SIGKILL)
 
     def __enter__(self) -> LocalDeployment:
         return self

@@ -508,6 +508,8 @@ def test_simulation_runtime_keeps_one_agent_per_virtual_node_in_process(tmp_path
 @pytest.mark.slow
 def test_simulation_runtime_runs_the_same_app(tmp_path):
     """`flwr run` on Flower's simulation runtime (ray) ends where the in-process job ends."""
+    import contextlib
+    import signal
     import subprocess
     import sys
 
@@ -527,11 +529,23 @@ def test_simulation_runtime_runs_the_same_app(tmp_path):
     bindir = str(Path(sys.executable).parent)
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}"}
     run_config = f'job="{tmp_path / "job.toml"}" out="{tmp_path / "out"}" simulation=true'
-    subprocess.run(
-        [f"{bindir}/flwr", "run", str(tmp_path / "app"), "sim", "--stream",
-         "--run-config", run_config],
-        env=env, cwd=tmp_path, timeout=840, check=True, capture_output=True,
-    )  # fmt: skip
+    try:
+        subprocess.run(
+            [f"{bindir}/flwr", "run", str(tmp_path / "app"), "sim", "--stream",
+             "--run-config", run_config],
+            env=env, cwd=tmp_path, timeout=840, check=True, capture_output=True,
+        )  # fmt: skip
+    finally:  # `flwr run` leaves its local SuperLink running: stop it and its helpers
+        from secfed.flower.procs import descendants
+
+        ours = [
+            int(p.parent.name)
+            for p in Path("/proc").glob("[0-9]*/cmdline")
+            if str(home) in p.read_bytes().decode(errors="replace")
+        ]
+        for pid in ours + descendants(ours):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
     ref = FederatedRunner(cfg, tmp_path / "ref")
     ref.run()
     out = RunDir(tmp_path / "out")

@@ -114,21 +114,34 @@ def encode(
     return TensorDataset(enc["input_ids"], enc["attention_mask"], labels)
 
 
-def build_parts(cfg: ExperimentConfig, *, progress: ProgressCallback | None = None) -> JobParts:
+def build_parts(
+    cfg: ExperimentConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    data: TextDataset | None = None,
+    shards: list[ClientShard] | None = None,
+    num_labels: int | None = None,
+    tokenizer_texts: list[str] | None = None,
+) -> JobParts:
     """Data, shards, tokenizer and model with its adapter, deterministic by ``cfg.seed``.
 
-    ``progress`` hears each stage (data, tokenizer, model, pre-training steps).
+    ``progress`` hears each stage (data, tokenizer, model, pre-training steps). By default the
+    data is the job's dataset partitioned across its clients; a Flower node with its own file
+    passes ``data`` and ``shards`` (and the shared ``num_labels`` and ``tokenizer_texts``, so
+    every node builds the same model).
     """
     emit(progress, ProgressEvent("data"))
-    data = load_dataset(cfg.data, seed=cfg.seed)
-    shards = partition(data, cfg.data, cfg.federation, seed=cfg.seed)
+    if data is None:
+        data = load_dataset(cfg.data, seed=cfg.seed)
+    if shards is None:
+        shards = partition(data, cfg.data, cfg.federation, seed=cfg.seed)
     log.info(
         "data: %d examples over %d clients (%s)",
         len(data.texts),
         len(shards),
         cfg.data.source if cfg.data.path is None else cfg.data.path,
     )
-    num_labels = max(data.num_labels, 2)
+    num_labels = num_labels or max(data.num_labels, 2)
     if cfg.model.path:
         emit(progress, ProgressEvent("model"))
         log.info("loading model %s", cfg.model.path)
@@ -139,9 +152,8 @@ def build_parts(cfg: ExperimentConfig, *, progress: ProgressCallback | None = No
     else:
         family = cfg.model.family
         emit(progress, ProgressEvent("tokenizer"))
-        tokenizer = models.train_tokenizer(
-            _tokenizer_corpus(cfg, data), vocab_size=cfg.model.vocab_size, family=family
-        )
+        corpus = tokenizer_texts or _tokenizer_corpus(cfg, data)
+        tokenizer = models.train_tokenizer(corpus, vocab_size=cfg.model.vocab_size, family=family)
         emit(progress, ProgressEvent("model"))
         base = models.build_tiny_model(
             family,

@@ -30,6 +30,7 @@ class TextDataset:
     pairs: list[tuple[str, str, str]] | None = None  # (prompt, chosen, rejected) for DPO
     #: Examples from this index on come from ``data.eval_path`` (held out, never partitioned).
     eval_start: int | None = None
+    label_names: list[str] | None = None  # string labels: label i is label_names[i]
 
     @property
     def num_labels(self) -> int:
@@ -155,7 +156,15 @@ def _load_files(cfg: DataSection, *, seed: int) -> TextDataset:
             path,
             raw[0],
         )
-    return TextDataset(texts, labels, eval_start=eval_start)
+    names = None
+    if not all(isinstance(v, int | np.integer) for v in raw):
+        names = sorted({str(v) for v in raw})
+    return TextDataset(texts, labels, eval_start=eval_start, label_names=names)
+
+
+def load_labelled_file(cfg: DataSection, *, seed: int = 0) -> TextDataset:
+    """One labelled file (``cfg.path``, plus ``cfg.eval_path`` if set) as a dataset."""
+    return _load_files(cfg, seed=seed)
 
 
 def load_dataset(cfg: DataSection, *, seed: int) -> TextDataset:

@@ -19,19 +19,26 @@ import argparse
 import logging
 import os
 import secrets
+import signal
+import sys
 import tempfile
 import time
 from multiprocessing.connection import Listener
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 import crypto
+import models
 import privacy
 
+from ..assembly import JobParts, build_parts
 from ..config import ExperimentConfig, load_config
-from ..errors import ConfigError
+from ..data import ClientShard
+from ..errors import ConfigError, SecfedError
+from ..job_dp import SampleLevelDP
 from ..runner import ClientResult, FederatedRunner
 from .codec import (
     AGENT_AUTHKEY,
@@ -43,31 +50,49 @@ from .codec import (
     from_frame,
     to_frame,
 )
+from .nodedata import LOCAL_KEY, NodeData, load_node_data, shared_tokenizer_texts
+from .policy import check_deployable
 
 log = logging.getLogger(__name__)
 
 READY = "ready"
 
 
-def check_deployable(cfg: ExperimentConfig) -> None:
-    """Refuse job features the Flower adapter does not carry yet."""
-    if cfg.federation.strategy == "scaffold":
-        raise ConfigError(
-            "federation.strategy = 'scaffold' keeps per-client control variates on the server; "
-            "the Flower adapter does not ship them yet: use fedavg, fedprox, fedavgm or an "
-            "adaptive strategy, or run in-process with `secfed run`"
-        )
-    if cfg.watermark.enabled:
-        raise ConfigError(
-            "watermark.enabled = true needs the owners' keys on every client; the Flower "
-            "adapter does not distribute them yet: disable it or run in-process"
-        )
+class _AgentRunner(FederatedRunner):
+    """The client's runner: its own file's data, or its partition of the job's dataset."""
+
+    def __init__(
+        self, cfg: ExperimentConfig, run_dir: str, client_id: int, local: NodeData | None,
+        node_config: dict[str, Any],
+    ):  # fmt: skip
+        self._client_id, self._local, self._node_config = client_id, local, node_config
+        super().__init__(cfg, run_dir)
+
+    def build_parts(self, cfg: ExperimentConfig) -> JobParts:
+        local = self._local
+        if local is None:
+            return build_parts(cfg)
+        empty = np.zeros(0, dtype=int)
+        shards = [ClientShard(c, empty, empty) for c in range(cfg.federation.clients)]
+        shards[self._client_id] = ClientShard(self._client_id, local.shard.train, local.shard.test)
+        return build_parts(
+            cfg, data=local.data, shards=shards,
+            num_labels=int(self._node_config.get("num-labels", 0)) or max(local.data.num_labels, 2),
+            tokenizer_texts=shared_tokenizer_texts(cfg),
+        )  # fmt: skip
 
 
 class NodeAgent:
     """Trains one client and answers its protocol stages (state lives across messages)."""
 
-    def __init__(self, cfg: ExperimentConfig, *, client_id: int, key_dir: Path | None = None):
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        *,
+        client_id: int,
+        key_dir: Path | None = None,
+        node_config: dict[str, Any] | None = None,
+    ):
         check_deployable(cfg)
         if not 0 <= client_id < cfg.federation.clients:
             raise ConfigError(
@@ -76,20 +101,39 @@ class NodeAgent:
             )
         self.client_id = client_id
         self.key_dir = key_dir
+        node_config = dict(node_config or {})
+        self.local = (
+            load_node_data(cfg, node_config, seed=cfg.seed) if LOCAL_KEY in node_config else None
+        )
         self._scratch = tempfile.TemporaryDirectory(prefix="secfed-agent-")
-        self.runner = FederatedRunner(cfg, self._scratch.name)
-        self.runner.setup_sample_dp()
+        self.runner = _AgentRunner(cfg, self._scratch.name, client_id, self.local, node_config)
+        if self.local is not None:
+            self.info: dict[str, Any] = self.local.info()
+        else:
+            self.info = {
+                "data": "partition",
+                "num_examples": len(self.runner.client_data(client_id)),
+            }
+        self.info["dim"] = self.runner.dim
+        if cfg.privacy.sample.enabled:
+            self.runner.sample_dp = SampleLevelDP(cfg, {client_id: self.info["num_examples"]})
         self.job_id: str | None = None
         self.result: tuple[str, int, ClientResult] | None = None
         self.session: tuple[bytes, crypto.ClientSession] | None = None
+
+    def close(self) -> None:
+        """Remove the agent's scratch directory."""
+        self._scratch.cleanup()
 
     def handle(self, env: Envelope) -> Envelope:
         """Answer one request; domain failures become an ``error`` envelope."""
         try:
             if env.kind == "hello":
-                return Envelope("hello", {"client": self.client_id})
+                return Envelope("hello", {"client": self.client_id, **self.info})
             if env.kind == "train":
                 return self._train(env)
+            if env.kind == "evaluate":
+                return self._evaluate(env)
             if env.kind == "stage":
                 return self._stage(env)
             raise EnvelopeError(f"an agent does not answer {env.kind!r} envelopes")
@@ -106,13 +150,18 @@ class NodeAgent:
             self.runner.state.job_id = job_id
 
     def _train(self, env: Envelope) -> Envelope:
+        """Train from the global adapter; with a fused stage 0, answer it in the same reply."""
         m = env.meta
         round_, cid = int(m["round"]), int(m["client"])
         if cid != self.client_id:
             raise EnvelopeError(f"train request for client {cid} reached client {self.client_id}")
         self._adopt_job(str(m["job_id"]))
         runner = self.runner
-        runner.state.global_vector = bytes_vector(env.data, dim=runner.dim)
+        split = int(m.get("stage_len", 0))
+        stage_msg, vec = env.data[:split], env.data[split:]
+        runner.state.global_vector = bytes_vector(vec, dim=runner.dim)
+        if m.get("weight_scale"):  # the largest client's example count (FedAvg weight scale)
+            runner.__dict__["max_client_examples"] = int(m["weight_scale"])
         if runner.user_dp is not None and m.get("user_dp") is not None:
             runner.user_dp.load_state_dict(m["user_dp"])
         dp = runner.sample_dp
@@ -131,7 +180,23 @@ class NodeAgent:
         }
         if dp is not None:
             meta["accountant"] = dp.ledger.state_dict()["clients"][str(cid)]
-        return Envelope("train", meta)
+        if "stage" not in m:
+            return Envelope("train", meta)
+        reply = self._stage(Envelope("stage", m["stage"], stage_msg))
+        return Envelope("train", {**meta, "stage": reply.meta}, reply.data)
+
+    def _evaluate(self, env: Envelope) -> Envelope:
+        """Held-out loss and accuracy sums of the global adapter on this node's data."""
+        runner = self.runner
+        vector = bytes_vector(env.data, dim=runner.dim)
+        models.load_adapter_vector(runner.parts.model, vector.astype(np.float32))
+        n = len(runner.parts.test_set)
+        metrics = runner.evaluate() if n else {"loss": 0.0, "accuracy": 0.0}
+        return Envelope(
+            "evaluate",
+            {"client": self.client_id, "n": n, "loss_sum": metrics["loss"] * n,
+             "correct": round(metrics["accuracy"] * n)},
+        )  # fmt: skip
 
     def _adopt_spend(self, acc_state: dict[str, Any] | None) -> None:
         """Take the job's record of our spend where it is ahead of ours (agent restarted)."""
@@ -221,18 +286,51 @@ def serve(agent: NodeAgent, agent_dir: Path) -> None:
                 conn.send_bytes(to_frame(agent.handle(request)))
 
 
+def parse_node_config(text: str | None) -> dict[str, Any]:
+    """A ``--node-config`` string, parsed as ``flower-supernode`` parses it."""
+    if not text:
+        return {}
+    from flwr.common.config import parse_config_args
+
+    try:
+        return dict(parse_config_args([text]))
+    except Exception as err:  # Flower raises ValueError or TOML errors
+        raise ConfigError(f"cannot parse --node-config {text!r}: {err}") from err
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m secfed.flower.agent``: build the client and serve its SuperNode."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("job", type=Path, help="experiment file (the same on every machine)")
-    ap.add_argument("--client-id", type=int, required=True, help="this node's partition id")
+    ap.add_argument(
+        "--node-config",
+        default=None,
+        help="the SuperNode's --node-config string (partition-id, data-path, ...)",
+    )
+    ap.add_argument("--client-id", type=int, default=None, help="default: partition-id")
     ap.add_argument("--agent-dir", type=Path, required=True, help="socket directory")
     ap.add_argument("--key-dir", type=Path, default=None, help="client keys (paillier/ckks)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
+    # SIGTERM unwinds like Ctrl-C, so the scratch directory and socket are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     torch.set_num_threads(1)
-    agent = NodeAgent(load_config(args.job), client_id=args.client_id, key_dir=args.key_dir)
-    serve(agent, args.agent_dir)
+    try:
+        node_config = parse_node_config(args.node_config)
+        cid = args.client_id if args.client_id is not None else node_config.get("partition-id")
+        if cid is None:
+            raise ConfigError("give --client-id or partition-id in --node-config")
+        agent = NodeAgent(load_config(args.job), client_id=int(cid), key_dir=args.key_dir,
+                          node_config=node_config)  # fmt: skip
+    except SecfedError as err:
+        log.error("%s", err)
+        sys.exit(2)
+    try:
+        serve(agent, args.agent_dir)
+    finally:
+        agent.close()
+        for name in (AGENT_SOCKET, AGENT_AUTHKEY, READY):
+            (args.agent_dir / name).unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

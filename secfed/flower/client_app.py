@@ -4,12 +4,15 @@ The SuperNode's node config names the agent (``agent-dir``, the directory holdin
 and authentication key); see :mod:`secfed.flower.agent` for why training and protocol state
 live there. ``partition-id`` and ``num-partitions`` are checked against the agent's answer.
 This module imports no torch, so a message costs a process start and one socket round trip.
+Under Flower's simulation runtime (run config ``simulation = true``, no ``agent-dir``) the
+agent lives in the simulation's worker process instead (:func:`in_process_agent`).
 """
 
 from __future__ import annotations
 
 from multiprocessing.connection import Client
 from pathlib import Path
+from typing import Any
 
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
@@ -43,15 +46,52 @@ def call_agent(agent_dir: Path, request: Envelope) -> Envelope:
         return from_frame(conn.recv_bytes())
 
 
+#: Simulation runtime: the agents of this process, one per (run, partition-id).
+_IN_PROCESS: dict[tuple[int, int], Any] = {}
+
+
+def in_process_agent(context: Context) -> Any:
+    """The node agent living in this process (Flower's simulation runtime, no agent-dir).
+
+    Flower's simulation engine runs ClientApps in long-lived Ray actors, so the agent that a
+    deployment keeps beside the SuperNode lives in the actor instead; the job comes from the
+    run config. Every virtual node's messages must reach the same actor: run the simulation
+    with one actor (``options.backend.client-resources.num-cpus`` = the CPUs Ray is given).
+    """
+    from ..config import load_config
+    from .agent import NodeAgent
+
+    cid = int(context.node_config["partition-id"])
+    key = (int(context.run_id), cid)
+    if key not in _IN_PROCESS:
+        job = context.run_config.get("job")
+        if not isinstance(job, str) or not job:
+            raise EnvelopeError("the run config lacks 'job' (the experiment file's path)")
+        key_dir = str(context.run_config.get("key-dir") or "")
+        _IN_PROCESS[key] = NodeAgent(
+            load_config(job), client_id=cid, key_dir=Path(key_dir) if key_dir else None,
+            node_config=dict(context.node_config),
+        )  # fmt: skip
+    return _IN_PROCESS[key]
+
+
 def handle_message(message: Message, context: Context) -> Message:
     """Relay ``message`` to the agent named in the node config and wrap its answer."""
     agent_dir = context.node_config.get(AGENT_DIR)
+    request = from_record(message.content)
+    if (
+        agent_dir is None
+        and "partition-id" in context.node_config
+        and context.run_config.get("simulation")
+    ):
+        reply = in_process_agent(context).handle(request)
+        return Message(to_record(reply), reply_to=message)
     if not isinstance(agent_dir, str):
         raise EnvelopeError(
             f"the SuperNode's node config lacks {AGENT_DIR!r}: start it with --node-config "
             f"'partition-id=0 num-partitions=3 {AGENT_DIR}=\"/path/to/agent\"'"
         )
-    reply = call_agent(Path(agent_dir), from_record(message.content))
+    reply = call_agent(Path(agent_dir), request)
     partition = context.node_config.get("partition-id")
     if reply.kind == "hello" and partition is not None and int(partition) != reply.meta["client"]:
         reply = Envelope(

@@ -27,7 +27,7 @@ RECORD = "secfed"
 AGENT_SOCKET = "agent.sock"  # in the agent dir: the node agent's Unix socket
 AGENT_AUTHKEY = "authkey"  # in the agent dir: its connection key (mode 0600)
 MESSAGE_TYPE = "query"
-KINDS = frozenset({"hello", "train", "stage", "error"})
+KINDS = frozenset({"hello", "train", "stage", "evaluate", "error"})
 _HEAD = struct.Struct(">I")
 MAX_HEADER = 1 << 20
 

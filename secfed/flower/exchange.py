@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-POLL_SECONDS = 0.1
+#: How often the server asks the SuperLink for replies (a local call on the SuperLink host).
+POLL_SECONDS = 0.02
 
 
 class Exchange(Protocol):
@@ -53,8 +54,10 @@ class GridExchange:
     def send(
         self, requests: Mapping[int, Envelope], *, timeout: float, group: str
     ) -> dict[int, Envelope]:
+        from flwr.app import Message
+
         messages = [
-            self.grid.create_message(to_record(env), MESSAGE_TYPE, node, group)
+            Message(to_record(env), node, MESSAGE_TYPE, group_id=group)
             for node, env in requests.items()
         ]
         pending = {

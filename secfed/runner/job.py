@@ -73,7 +73,7 @@ class FederatedRunner(LocalTraining):
         self.cfg = cfg
         self.dir = RunDir(run_dir)
         self.progress = progress
-        self.parts: JobParts = build_parts(cfg, progress=progress)
+        self.parts: JobParts = self.build_parts(cfg)
         self.dim = models.adapter_size(self.parts.model)
         self.strategy: Strategy = create_strategy(
             cfg.federation.strategy, dim=self.dim, options=dict(cfg.federation.strategy_options)
@@ -88,6 +88,10 @@ class FederatedRunner(LocalTraining):
         self.initial_vector = initial.copy()  # the local-only baseline starts here too
         self.state = JobState(round=0, job_id="", global_vector=initial)
         self.stopped_early: str | None = None
+
+    def build_parts(self, cfg: ExperimentConfig) -> JobParts:
+        """The job's data, model and adapter (a Flower server or node builds its own)."""
+        return build_parts(cfg, progress=self.progress)
 
     # -- lifecycle -------------------------------------------------------------------------
     @classmethod

@@ -10,6 +10,7 @@ from .accounting import (
     calibrate_noise,
     epsilon_for,
     history_epsilon,
+    prv_fallback,
 )
 from .adapter_support import check_dp_support, dp_unsupported_reason
 from .distributed import (
@@ -26,6 +27,7 @@ from .dpsgd import DPSchedule, TrainStats, dp_schedule, train_private
 from .errors import PrivacyBudgetExceeded, PrivacyConfigError, PrivacyError, UnsupportedUnderDP
 from .ledger import PrivacyLedger, RoundSpend, Skipped
 from .losses import causal_lm_loss, classification_loss
+from .prv_budget import MAX_GRID_POINTS, PRVPlan, gaussian_epsilon, plan_prv
 from .rdp import DEFAULT_ORDERS, OPACUS_ORDERS
 from .report import format_report, sample_level_report, user_level_report
 from .user_level import (
@@ -41,6 +43,11 @@ from .user_level import (
 )
 
 __all__ = [
+    "MAX_GRID_POINTS",
+    "PRVPlan",
+    "gaussian_epsilon",
+    "plan_prv",
+    "prv_fallback",
     "DEFAULT_ORDERS",
     "OPACUS_ORDERS",
     "AdaptiveClipNorm",

@@ -74,7 +74,9 @@ def tokenizer_disclosure(cfg: ExperimentConfig) -> str | None:
     return None
 
 
-def _tokenizer_corpus(cfg: ExperimentConfig, data: TextDataset) -> tuple[list[str], tuple[str, ...]]:
+def _tokenizer_corpus(
+    cfg: ExperimentConfig, data: TextDataset
+) -> tuple[list[str], tuple[str, ...]]:
     """Texts (and extra alphabet) the built-in tokenizer is trained on: a public corpus.
 
     Client texts are never pooled unless ``model.tokenizer_from_client_data`` opts in,

@@ -137,9 +137,12 @@ def _user(cfg: ExperimentConfig) -> dict[str, Any]:
 
     released = (
         privacy.user_level_epsilon(
-            noise_multiplier=u.noise_multiplier, sample_rate=q, rounds=rounds, delta=p.delta,
+            noise_multiplier=u.noise_multiplier,
+            sample_rate=q,
+            rounds=rounds,
+            delta=p.delta,
             accountant=p.sample.accountant,
-        )  # fmt: skip
+        )
         if u.noise_multiplier > 0
         else math.inf
     )

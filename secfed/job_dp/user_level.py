@@ -262,9 +262,7 @@ class UserLevelDP:
         """Epsilon against the aggregator (knows the cohort: no amplification by sampling)
         for a client that took part in ``participations`` rounds; infinite where the
         aggregate it reads is not noised (:func:`.observers.aggregator_protected`)."""
-        protected, _ = aggregator_protected(
-            self.protocol.name, self.mode, self.noise_multiplier
-        )
+        protected, _ = aggregator_protected(self.protocol.name, self.mode, self.noise_multiplier)
         if not protected:
             return float("inf")
         delta = self.cfg.privacy.delta
@@ -280,9 +278,7 @@ class UserLevelDP:
 
     def observers(self, rounds: int) -> dict[str, Any]:
         """Epsilon per observer (see :mod:`.observers`)."""
-        protected, why = aggregator_protected(
-            self.protocol.name, self.mode, self.noise_multiplier
-        )
+        protected, why = aggregator_protected(self.protocol.name, self.mode, self.noise_multiplier)
         counts = sorted(set(self.participations.values()))
         per_count = {str(k): self.aggregator_epsilon(k) for k in counts}
         return {

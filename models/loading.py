@@ -12,6 +12,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from . import packaged
 from ._quiet import quiet
 from .errors import ModelLoadError
 from .tiny import TASKS
@@ -37,11 +38,14 @@ def load_pretrained(
 
     A tokenizer without a pad token gets its eos (or unk) token as pad, and the model's
     ``pad_token_id`` is set to match, so batched classification works for decoders.
-    The model is returned in eval mode.
+    The model is returned in eval mode. ``package:NAME`` loads a model shipped inside an
+    installed package (:mod:`models.packaged`).
     """
     if task not in TASKS:
         raise ModelLoadError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     name = str(name_or_path)
+    if packaged.is_packaged(name):  # a model shipped in an installed package (see .packaged)
+        name = packaged.resolve(name)
     if _looks_local(name) and not Path(name).expanduser().is_dir():
         raise ModelLoadError(
             f"model directory {name!r} does not exist; pass a directory written by "

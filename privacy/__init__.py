@@ -13,6 +13,7 @@ from .accounting import (
     prv_fallback,
 )
 from .adapter_support import check_dp_support, dp_unsupported_reason
+from .audit import AuditResult, audit_scores, epsilon_lower_bound, p_value
 from .distributed import (
     SkellamPlan,
     integer_sensitivity,
@@ -47,6 +48,7 @@ __all__ = [
     "MAX_GRID_POINTS",
     "OPACUS_ORDERS",
     "AdaptiveClipNorm",
+    "AuditResult",
     "ClientAccountant",
     "DPSchedule",
     "PRVPlan",
@@ -62,6 +64,7 @@ __all__ = [
     "UserLevelDP",
     "accountant_names",
     "adaptive_update_noise_multiplier",
+    "audit_scores",
     "calibrate_noise",
     "causal_lm_loss",
     "check_dp_support",
@@ -70,6 +73,7 @@ __all__ = [
     "dp_schedule",
     "dp_unsupported_reason",
     "epsilon_for",
+    "epsilon_lower_bound",
     "format_report",
     "gaussian_epsilon",
     "gaussian_noise",
@@ -78,6 +82,7 @@ __all__ = [
     "integer_sensitivity",
     "make_noise_rng",
     "noise_tail_bound",
+    "p_value",
     "per_client_variance",
     "plan_prv",
     "plan_skellam",

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .audit.cli import audit
 from .bench.cli import bench
 from .bench.workload import parse_value
 from .errors import SecfedError
@@ -21,8 +22,9 @@ from .watermark.cli import watermark_app
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Key material for homomorphic protocols.")
 app.add_typer(keys_app, name="keys")
-privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets before a run.")
+privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets before a run; audits.")
 app.add_typer(privacy_app, name="privacy")
+privacy_app.command("audit")(audit)
 app.add_typer(watermark_app, name="watermark")
 app.command()(bench)
 console = Console(stderr=True)

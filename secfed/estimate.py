@@ -111,7 +111,9 @@ def _skellam_epsilon(cfg: ExperimentConfig, rates: list[tuple[float, int]]) -> l
     from .assembly import build_parts
     from .strategies import create_strategy
 
-    dim = models.adapter_size(build_parts(cfg).model)
+    # The adapter's size does not depend on pre-training: skip it.
+    shape_only = cfg.with_overrides(model={"pretrain_steps": 0})
+    dim = models.adapter_size(build_parts(shape_only).model)
     strat = create_strategy(cfg.federation.strategy, dim=dim, options={})
     plan = privacy.plan_skellam(
         noise_multiplier=u.noise_multiplier, clip_norm=u.clip_norm, quantum=quantum,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -79,7 +78,7 @@ def test_zip_without_config_is_refused(tmp_path):
     z = tmp_path / "x.zip"
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("readme.txt", "hi")
-    with pytest.raises(models.ModelLoadError, match="config.json"):
+    with pytest.raises(models.ModelLoadError, match=r"config\.json"):
         packaged.extract_archive(z, tmp_path / "out")
 
 

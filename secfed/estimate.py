@@ -128,7 +128,11 @@ def _user(cfg: ExperimentConfig) -> dict[str, Any]:
     expected = q * rounds
     # Every client's count of rounds stays at or below this with the stated probability.
     high = int(binom.ppf(1 - (1 - PARTICIPATION_CONFIDENCE) / n, rounds, q))
-    protected, why = aggregator_protected(cfg.aggregation.protocol, u.noise, u.noise_multiplier)
+    proto = crypto.create_protocol(cfg.aggregation.protocol, **protocol_options(cfg))
+    sees = proto.threat_model().server_sees
+    protected, why = aggregator_protected(
+        cfg.aggregation.protocol, sees, u.noise, u.noise_multiplier
+    )
 
     def agg(k: float) -> float:
         if not protected:

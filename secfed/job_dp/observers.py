@@ -22,13 +22,21 @@ RELEASED = "released_models"
 AGGREGATOR = "aggregator"
 
 
-def aggregator_protected(protocol: str, noise: str, noise_multiplier: float) -> tuple[bool, str]:
-    """Whether the aggregate the aggregator reads is noised, and why (report text)."""
+def shows_individual_updates(server_sees: str) -> bool:
+    """Whether a protocol's threat model says the server sees each client's update."""
+    return "individual update" in server_sees
+
+
+def aggregator_protected(
+    protocol: str, server_sees: str, noise: str, noise_multiplier: float
+) -> tuple[bool, str]:
+    """Whether the aggregate the aggregator reads is noised, and why (report text);
+    ``server_sees`` is the protocol's threat-model sentence."""
     if noise_multiplier == 0:
         return False, "no noise (noise_multiplier = 0): no user-level guarantee against anyone"
-    if protocol == "plain":
+    if shows_individual_updates(server_sees):
         return False, (
-            "the plain protocol shows the server every client's clipped update (with "
+            f"the {protocol} protocol shows the server every client's clipped update (with "
             "distributed noise, carrying only that client's share of the noise): no user-level "
             "guarantee against it; use secagg/secagg+/paillier/ckks with noise = 'distributed'"
         )

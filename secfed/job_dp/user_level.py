@@ -258,11 +258,16 @@ class UserLevelDP:
             delta=p.delta, accountant=p.sample.accountant,
         )  # fmt: skip
 
+    def aggregator_view(self) -> tuple[bool, str]:
+        """Whether the aggregate the aggregator reads is noised, and why."""
+        sees = self.protocol.threat_model().server_sees
+        return aggregator_protected(self.protocol.name, sees, self.mode, self.noise_multiplier)
+
     def aggregator_epsilon(self, participations: int) -> float:
         """Epsilon against the aggregator (knows the cohort: no amplification by sampling)
         for a client that took part in ``participations`` rounds; infinite where the
         aggregate it reads is not noised (:func:`.observers.aggregator_protected`)."""
-        protected, _ = aggregator_protected(self.protocol.name, self.mode, self.noise_multiplier)
+        protected, _ = self.aggregator_view()
         if not protected:
             return float("inf")
         delta = self.cfg.privacy.delta
@@ -278,7 +283,7 @@ class UserLevelDP:
 
     def observers(self, rounds: int) -> dict[str, Any]:
         """Epsilon per observer (see :mod:`.observers`)."""
-        protected, why = aggregator_protected(self.protocol.name, self.mode, self.noise_multiplier)
+        protected, why = self.aggregator_view()
         counts = sorted(set(self.participations.values()))
         per_count = {str(k): self.aggregator_epsilon(k) for k in counts}
         return {

@@ -13,6 +13,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from . import packaged
 from ._quiet import quiet
 from .errors import ModelLoadError
 from .tiny import TASKS
@@ -42,10 +43,14 @@ def load_pretrained(
     The model is returned in eval mode. Weights the checkpoint lacks (a new classification
     head) are drawn from ``seed`` when given, so two loads of one model with one seed are
     identical; the caller's global RNG state is left untouched either way.
+    ``package:NAME`` loads a model shipped inside an installed package
+    (:mod:`models.packaged`).
     """
     if task not in TASKS:
         raise ModelLoadError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
     name = str(name_or_path)
+    if packaged.is_packaged(name):  # a model shipped in an installed package (see .packaged)
+        name = packaged.resolve(name)
     if _looks_local(name) and not Path(name).expanduser().is_dir():
         raise ModelLoadError(
             f"model directory {name!r} does not exist; pass a directory written by "

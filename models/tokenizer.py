@@ -121,7 +121,9 @@ def _word_counts(texts: Iterable[str], tok: Tokenizer) -> Counter[str]:
 _WORDPIECE_FAMILIES = frozenset({"bert", "distilbert", "albert"})
 
 
-def _wordpiece(texts: Iterable[str], vocab_size: int, specials: _Specials) -> Tokenizer:
+def _wordpiece(
+    texts: Iterable[str], vocab_size: int, specials: _Specials, alphabet: Iterable[str] = ()
+) -> Tokenizer:
     unk = specials.roles["unk_token"]
     shell = Tokenizer(models.WordPiece(unk_token=unk))
     shell.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -130,6 +132,7 @@ def _wordpiece(texts: Iterable[str], vocab_size: int, specials: _Specials) -> To
         _word_counts(texts, shell),
         vocab_size=vocab_size,
         special_tokens=specials.order,
+        alphabet=[x for ch in alphabet for x in (ch, "##" + ch)],
         prefix="##",
     )
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token=unk))
@@ -139,7 +142,10 @@ def _wordpiece(texts: Iterable[str], vocab_size: int, specials: _Specials) -> To
     return tok
 
 
-def _byte_bpe(texts: Iterable[str], vocab_size: int, specials: _Specials) -> Tokenizer:
+def _byte_bpe(
+    texts: Iterable[str], vocab_size: int, specials: _Specials, alphabet: Iterable[str] = ()
+) -> Tokenizer:
+    del alphabet  # byte-level: every byte is already in the alphabet
     shell = Tokenizer(models.BPE())
     shell.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     vocab, merges = train_bpe(
@@ -179,14 +185,16 @@ def _post_processor(family: str, tok: Tokenizer) -> processors.PostProcessor | N
 
 
 def train_tokenizer(
-    texts: Iterable[str], *, vocab_size: int = 2000, family: str
+    texts: Iterable[str], *, vocab_size: int = 2000, family: str, alphabet: Iterable[str] = ()
 ) -> PreTrainedTokenizerFast:
     """Train a tokenizer for ``family`` on ``texts``; the same texts give the same tokenizer.
 
     bert/distilbert/albert get a lower-casing WordPiece; roberta, bart, deberta-v2, gpt2,
     llama and qwen2 get a byte-level BPE (never an unknown token). Each gets its family's
     usual special tokens (plus a pad token distinct from eos), at the lowest ids, and its
-    family's template ([CLS] .. [SEP], <s> .. </s>, or none for gpt2/qwen2).
+    family's template ([CLS] .. [SEP], <s> .. </s>, or none for gpt2/qwen2). ``alphabet``
+    adds characters to a WordPiece vocabulary (word-initial and ``##`` forms) so words made
+    of them never become the unknown token.
     """
     if family not in FAMILIES:
         raise ModelConfigError(
@@ -200,7 +208,7 @@ def train_tokenizer(
             f"vocab_size={vocab_size} is too small for {family}; use more than {floor}"
         )
     build = _byte_bpe if byte_level else _wordpiece
-    tok = build(texts, vocab_size, specials)
+    tok = build(texts, vocab_size, specials, tuple(alphabet))
     tok.add_special_tokens(list(specials.order))
     post = _post_processor(family, tok)
     if post is not None:

@@ -10,8 +10,10 @@ from .accounting import (
     calibrate_noise,
     epsilon_for,
     history_epsilon,
+    prv_fallback,
 )
 from .adapter_support import check_dp_support, dp_unsupported_reason
+from .audit import AuditResult, audit_scores, epsilon_lower_bound, p_value
 from .distributed import (
     SkellamPlan,
     integer_sensitivity,
@@ -26,6 +28,7 @@ from .dpsgd import DPSchedule, TrainStats, dp_schedule, train_private
 from .errors import PrivacyBudgetExceeded, PrivacyConfigError, PrivacyError, UnsupportedUnderDP
 from .ledger import PrivacyLedger, RoundSpend, Skipped
 from .losses import causal_lm_loss, classification_loss
+from .prv_budget import MAX_GRID_POINTS, PRVPlan, gaussian_epsilon, plan_prv
 from .rdp import DEFAULT_ORDERS, OPACUS_ORDERS
 from .report import format_report, sample_level_report, user_level_report
 from .user_level import (
@@ -42,10 +45,13 @@ from .user_level import (
 
 __all__ = [
     "DEFAULT_ORDERS",
+    "MAX_GRID_POINTS",
     "OPACUS_ORDERS",
     "AdaptiveClipNorm",
+    "AuditResult",
     "ClientAccountant",
     "DPSchedule",
+    "PRVPlan",
     "PrivacyBudgetExceeded",
     "PrivacyConfigError",
     "PrivacyError",
@@ -58,6 +64,7 @@ __all__ = [
     "UserLevelDP",
     "accountant_names",
     "adaptive_update_noise_multiplier",
+    "audit_scores",
     "calibrate_noise",
     "causal_lm_loss",
     "check_dp_support",
@@ -66,15 +73,20 @@ __all__ = [
     "dp_schedule",
     "dp_unsupported_reason",
     "epsilon_for",
+    "epsilon_lower_bound",
     "format_report",
+    "gaussian_epsilon",
     "gaussian_noise",
     "gaussian_tail_bound",
     "history_epsilon",
     "integer_sensitivity",
     "make_noise_rng",
     "noise_tail_bound",
+    "p_value",
     "per_client_variance",
+    "plan_prv",
     "plan_skellam",
+    "prv_fallback",
     "sample_level_report",
     "skellam_epsilon",
     "skellam_noise",

@@ -8,6 +8,9 @@ Two accountants, chosen by name:
 - ``"prv"``: Opacus' PRV accountant (Gopi et al. 2021), usually tighter. It can fail for
   extreme parameters (very small noise or rates, huge step counts); it then falls back to
   ``"rdp"`` for that computation and logs a warning. Both are upper bounds on epsilon.
+  Its grid is sized before it is built (:func:`privacy.prv_budget.plan_prv`): a grid above
+  :data:`~privacy.prv_budget.MAX_GRID_POINTS` would exhaust memory or time, so RDP is used
+  instead (logged; :func:`prv_fallback` says so for the report).
 
 Opacus' GDP accountant is deliberately absent: it is an approximation, not an upper bound.
 
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .errors import PrivacyBudgetExceeded, PrivacyConfigError
+from .prv_budget import plan_prv
 from .rdp import DEFAULT_ORDERS, check_delta, check_rate, rdp_to_epsilon, sampled_gaussian_rdp
 
 logger = logging.getLogger(__name__)
@@ -56,6 +60,10 @@ def _prv_epsilon(history: History, *, delta: float, orders: Sequence[float]) -> 
         return 0.0
     if any(s == 0 for s, _, _ in live):
         return math.inf
+    reason = prv_fallback(live, delta=delta)
+    if reason is not None:
+        logger.warning("%s: using the RDP accountant for %s", reason, live)
+        return _rdp_epsilon(history, delta=delta, orders=orders)
     try:
         acc = PRVAccountant()
         acc.history = list(live)
@@ -66,6 +74,15 @@ def _prv_epsilon(history: History, *, delta: float, orders: Sequence[float]) -> 
     except Exception as exc:  # PRV fails in several ways at extreme values: fall back
         logger.warning("PRV accountant failed (%s); falling back to RDP for %s", exc, live)
         return _rdp_epsilon(history, delta=delta, orders=orders)
+
+
+def prv_fallback(history: History, *, delta: float) -> str | None:
+    """Why the PRV accountant would not build its grid for ``history`` (None: it fits)."""
+    try:
+        plan = plan_prv(history, delta=delta)
+    except Exception as exc:  # the domain search itself can fail at extreme values
+        return f"PRV domain could not be sized ({exc})"
+    return None if plan.fits else plan.describe()
 
 
 _ACCOUNTANTS: dict[str, Callable[..., float]] = {"rdp": _rdp_epsilon, "prv": _prv_epsilon}

@@ -66,12 +66,50 @@ def public_corpus(source: str, num_texts: int = 2000) -> list[str] | None:
     return None
 
 
-def _tokenizer_corpus(cfg: ExperimentConfig, data: TextDataset) -> list[str]:
+#: Printable ASCII, added to the public corpus's alphabet for file data so that any ASCII
+#: word splits into known pieces instead of one unknown token.
+ASCII_ALPHABET = tuple(chr(c) for c in range(33, 127))
+
+
+def tokenizer_disclosure(cfg: ExperimentConfig) -> str | None:
+    """The disclosure of client text the job's tokenizer makes (None: it makes none)."""
+    if cfg.model.path is None and cfg.model.tokenizer_from_client_data:
+        return (
+            "the built-in model's tokenizer was trained on every client's training texts pooled "
+            "together (model.tokenizer_from_client_data = true): its vocabulary reveals words "
+            "and word frequencies of client data to everyone who holds the model; this "
+            "disclosure is outside every accountant and protocol"
+        )
+    return None
+
+
+def _tokenizer_corpus(
+    cfg: ExperimentConfig, data: TextDataset
+) -> tuple[list[str], tuple[str, ...]]:
+    """Texts (and extra alphabet) the built-in tokenizer is trained on: a public corpus.
+
+    Client texts are never pooled unless ``model.tokenizer_from_client_data`` opts in,
+    which DP refuses (the vocabulary would be an unaccounted release of client text).
+    """
+    p = cfg.privacy
+    if cfg.model.tokenizer_from_client_data:
+        if p.sample.enabled or p.user.enabled:
+            raise ConfigError(
+                "model.tokenizer_from_client_data = true pools client texts outside the "
+                "accountant, which differential privacy cannot allow: remove it (the tokenizer "
+                "then comes from the public corpus) or give a pre-trained model.path"
+            )
+        log.warning("privacy: %s", tokenizer_disclosure(cfg))
+        return data.texts, ()
     corpus = public_corpus(cfg.data.source)
     if corpus is not None:
-        return corpus
-    log.info("training the tokenizer on the job's own texts (no tokenizer given)")
-    return data.texts
+        return corpus, ()
+    # File data: the public built-in corpus of the same task kind, with all printable ASCII.
+    kind = "sft_builtin" if cfg.model.task == "causal_lm" else "builtin"
+    public = public_corpus(kind)
+    assert public is not None
+    log.info("tokenizer trained on the public built-in corpus, never on client texts")
+    return public, ASCII_ALPHABET
 
 
 def _pretrain(
@@ -152,8 +190,12 @@ def build_parts(
     else:
         family = cfg.model.family
         emit(progress, ProgressEvent("tokenizer"))
-        corpus = tokenizer_texts or _tokenizer_corpus(cfg, data)
-        tokenizer = models.train_tokenizer(corpus, vocab_size=cfg.model.vocab_size, family=family)
+        texts, alphabet = _tokenizer_corpus(cfg, data)
+        if tokenizer_texts is not None:  # a Flower node: the corpus every node shares
+            texts = tokenizer_texts
+        tokenizer = models.train_tokenizer(
+            texts, vocab_size=cfg.model.vocab_size, family=family, alphabet=alphabet
+        )
         emit(progress, ProgressEvent("model"))
         base = models.build_tiny_model(
             family,

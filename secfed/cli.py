@@ -25,6 +25,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from . import __version__
+from .audit.cli import audit
+from .compare_cli import compare
 from .errors import SecfedError
 
 #: Sub-commands imported only when invoked (they pull in torch, scipy or the crypto stack):
@@ -82,8 +84,10 @@ class _LazyGroup(TyperGroup):
 app = typer.Typer(cls=_LazyGroup, add_completion=False, no_args_is_help=True, help=__doc__)
 keys_app = typer.Typer(no_args_is_help=True, help="Key material for homomorphic protocols.")
 app.add_typer(keys_app, name="keys")
-privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets before a run.")
+privacy_app = typer.Typer(no_args_is_help=True, help="Privacy budgets before a run; audits.")
 app.add_typer(privacy_app, name="privacy")
+privacy_app.command("audit")(audit)
+app.command()(compare)
 console = Console(stderr=True)
 
 
@@ -338,13 +342,26 @@ def privacy_estimate(
                 f"{c['noise_multiplier']:.3f}", f"{c['epsilon']:.3f}",
             )  # fmt: skip
         out.print(table)
+        out.print(f"sample-level epsilon holds against {s['observer']}")
     if result["user"] is not None:
         u = result["user"]
+        rel, agg = u["observers"]["released_models"], u["observers"]["aggregator"]
         out.print(
             f"user-level DP-FedAvg: clip {u['clip_norm']}, noise multiplier "
-            f"{u['noise_multiplier']} ({u['noise']}), client rate {u['client_sample_rate']}: "
-            f"epsilon {u['epsilon']:.3f} at delta {result['delta']:g}"
+            f"{u['noise_multiplier']} ({u['noise']}), client rate {u['client_sample_rate']}, "
+            f"delta {result['delta']:g}:\n"
+            f"  epsilon {rel['epsilon']:.3f} against whoever sees only the released models "
+            f"(amplified by secret client sampling)\n"
+            f"  epsilon {agg['epsilon_expected']:.3f} at {agg['participations_expected']:.3g} "
+            f"expected rounds per client, {agg['epsilon_high']:.3f} at "
+            f"{agg['participations_high']} rounds (every client, probability "
+            f"{agg['participations_high_confidence']}) against the aggregator, who knows the "
+            f"cohorts (no amplification): {agg['why']}"
         )
+        if u["note"]:
+            out.print(f"  {u['note']}")
+    for warning in result["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {warning}")
 
 
 def main() -> None:

@@ -35,6 +35,9 @@ class ModelSection(_Section):
     vocab_size: int = Field(2000, ge=100, le=1_000_000)
     #: Public pre-training steps of the built-in model (0: random init; ignored with ``path``).
     pretrain_steps: int = Field(0, ge=0, le=100_000)
+    #: Train the built-in model's tokenizer on the clients' pooled texts (file data only).
+    #: A disclosure of client text outside every accountant: off by default, refused under DP.
+    tokenizer_from_client_data: bool = False
 
     @property
     def base_task(self) -> str:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import privacy
+
+from ..assembly import tokenizer_disclosure
 from ..config import ExperimentConfig
 from .sample_level import SampleLevelDP
 from .user_level import UserLevelDP
@@ -32,8 +35,41 @@ def privacy_fields(
         out["epsilon"] = sample.epsilon()
         out["skipped"] = [s.client for s in sample.ledger.skipped if s.round == round_]
     if user is not None:
+        # Two observers (see .observers): released models (amplified by sampling) and the
+        # aggregator (knows the cohort; the client that took part most so far).
         out["user_epsilon"] = user.epsilon(round_)
+        out["user_epsilon_aggregator"] = user.max_aggregator_epsilon()
         out["clip_norm"] = user.norm
+    return out
+
+
+#: Whom sample-level DP-SGD protects against.
+SAMPLE_OBSERVER = (
+    "everyone but the client itself: each client's batch sampling is known only to that "
+    "client, so the epsilon (amplified by that sampling) holds against the aggregator, even "
+    "one that sees the client's individual update (plain protocol), and against whoever "
+    "sees the released models"
+)
+
+
+def accountant_fallbacks(
+    cfg: ExperimentConfig, sample: SampleLevelDP | None, user: UserLevelDP | None, rounds: int
+) -> list[str]:
+    """Where the PRV accountant's grid was too large and RDP was used instead."""
+    p = cfg.privacy
+    if p.sample.accountant != "prv":
+        return []
+    out = []
+    if sample is not None:
+        for cid in sample.ledger.clients():
+            reason = privacy.prv_fallback(sample.ledger.accountant(cid).history, delta=p.delta)
+            if reason is not None:
+                out.append(f"sample-level, client {cid}: {reason}; RDP used")
+    if user is not None and user.plan is None and user.noise_multiplier > 0:
+        hist = [(user.noise_multiplier, cfg.federation.sample_rate, rounds)]
+        reason = privacy.prv_fallback(hist, delta=p.delta)
+        if reason is not None:
+            out.append(f"user-level: {reason}; RDP used")
     return out
 
 
@@ -65,9 +101,16 @@ def privacy_summary(
             sample_level=report,
         )
         out["level"].append("sample")
+        out["sample_level"]["observer"] = SAMPLE_OBSERVER
     if user is not None:
         out["user_level"] = user.report(rounds)
+        out["epsilon_by_observer"] = {
+            k: v["epsilon"] for k, v in out["user_level"]["observers"].items()
+        }
         out["level"].append("user")
+    out["accountant_fallbacks"] = accountant_fallbacks(cfg, sample, user, rounds)
+    disclosure = tokenizer_disclosure(cfg)
+    out["disclosures_outside_accountant"] = [disclosure] if disclosure else []
     if not out["level"]:
         out["note"] = "no differential privacy in this run: no epsilon is reported"
     return out

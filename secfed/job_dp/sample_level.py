@@ -73,6 +73,18 @@ class SampleLevelDP:
                 admitted.append(cid)
         return admitted
 
+    def record_early_stop(self, round_: int, *, last: int) -> None:
+        """Record, for every client, that rounds ``round_``..``last`` will not run."""
+        for cid in self.schedules:
+            spent = self.ledger.accountant(cid).epsilon()
+            self.ledger.skip(
+                cid,
+                round=round_,
+                reason=f"budget: spent {spent:.3f}, the next round would pass "
+                f"{self.ledger.budget_epsilon} for every client: the job ended early, rounds "
+                f"{round_}-{last} not run",
+            )
+
     def exhausted(self) -> bool:
         """True when no client can take another round."""
         return not any(

@@ -24,6 +24,7 @@ import privacy
 
 from ..config import ExperimentConfig
 from ..errors import ConfigError
+from .observers import AGGREGATOR, RELEASED, aggregator_protected, released_assumes
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class UserLevelDP:
         self.adaptive: privacy.AdaptiveClipNorm | None = None
         self.update_noise_multiplier = u.noise_multiplier
         expected = cfg.federation.clients * cfg.federation.sample_rate
+        #: Fixed denominator of the mean (McMahan et al. 2018): the expected cohort size, so
+        #: the released model never reveals how many clients took part.
+        self.expected_cohort = expected
+        #: Rounds each client took part in (what the aggregator, who knows cohorts, sees).
+        self.participations: dict[int, int] = {}
         if u.adaptive_quantile is not None:
             count_std = (
                 u.adaptive_count_noise if u.adaptive_count_noise is not None else expected / 20
@@ -204,13 +210,41 @@ class UserLevelDP:
     ) -> NDArray[np.float64]:
         """The noised mean update from the protocol's sum (uniform weights); with adaptive
         clipping, read the noised unclipped count off the last coordinate, strip it and move
-        the clip norm."""
+        the clip norm. The mean divides by the expected cohort size, not ``contributors``."""
         total = weighted_sum + self.central_noise(len(weighted_sum), rng=rng, count_rng=count_rng)
+        return self._release(total, contributors=contributors)
+
+    def empty_aggregate(
+        self, dim: int, *, rng: np.random.Generator, count_rng: np.random.Generator | None = None
+    ) -> NDArray[np.float64]:
+        """The mean update of a round whose cohort is empty: noise alone, of the same law as
+        a non-empty round's (the reader adds what the clients would have), so the released
+        model does not tell an observer that nobody took part."""
+        total = self.central_noise(dim, rng=rng, count_rng=count_rng)
+        if self.mode == "distributed" and self.noise_multiplier > 0:
+            n = dim if self.count_in_client_noise else dim - self.count_slots
+            if self.quantum is not None:
+                plan = privacy.plan_skellam(
+                    noise_multiplier=self.noise_multiplier, clip_norm=self.sensitivity,
+                    quantum=self.quantum, dim=dim, clients=1, tolerated_dropouts=0,
+                )  # fmt: skip
+                total[:n] += plan.client_noise(rng)[:n].astype(np.float64) * self.quantum
+            else:
+                std = self.update_noise_multiplier * self.norm
+                total[:n] += privacy.gaussian_noise(n, std=std, rng=rng)
+        return self._release(total, contributors=0)
+
+    def _release(self, total: NDArray[np.float64], *, contributors: int) -> NDArray[np.float64]:
         n = len(total) - self.count_slots
         if self.adaptive is not None:
             count = float(total[n]) / self.count_scale + contributors / 2
             self.adaptive.update(unclipped=count, participants=contributors, already_noised=True)
-        return total[:n] / contributors
+        return total[:n] / self.expected_cohort
+
+    def record_participation(self, cohort: list[int]) -> None:
+        """Count a round for each member of its cohort (the aggregator's epsilon)."""
+        for cid in cohort:
+            self.participations[cid] = self.participations.get(cid, 0) + 1
 
     def epsilon(self, rounds: int) -> float:
         p = self.cfg.privacy
@@ -224,6 +258,57 @@ class UserLevelDP:
             delta=p.delta, accountant=p.sample.accountant,
         )  # fmt: skip
 
+    def aggregator_view(self) -> tuple[bool, str]:
+        """Whether the aggregate the aggregator reads is noised, and why."""
+        sees = self.protocol.threat_model().server_sees
+        return aggregator_protected(self.protocol.name, sees, self.mode, self.noise_multiplier)
+
+    def aggregator_epsilon(self, participations: int) -> float:
+        """Epsilon against the aggregator (knows the cohort: no amplification by sampling)
+        for a client that took part in ``participations`` rounds; infinite where the
+        aggregate it reads is not noised (:func:`.observers.aggregator_protected`)."""
+        protected, _ = self.aggregator_view()
+        if not protected:
+            return float("inf")
+        delta = self.cfg.privacy.delta
+        if self.plan is not None:
+            return self.plan.epsilon(sample_rate=1.0, rounds=participations, delta=delta)
+        return privacy.gaussian_epsilon(
+            noise_multiplier=self.noise_multiplier, compositions=participations, delta=delta
+        )
+
+    def max_aggregator_epsilon(self) -> float:
+        """The aggregator's epsilon of the client that took part most often."""
+        return self.aggregator_epsilon(max(self.participations.values(), default=0))
+
+    def observers(self, rounds: int) -> dict[str, Any]:
+        """Epsilon per observer (see :mod:`.observers`)."""
+        protected, why = self.aggregator_view()
+        counts = sorted(set(self.participations.values()))
+        per_count = {str(k): self.aggregator_epsilon(k) for k in counts}
+        return {
+            RELEASED: {
+                "epsilon": self.epsilon(rounds),
+                "amplification_by_sampling": True,
+                "client_sample_rate": self.cfg.federation.sample_rate,
+                "rounds": rounds,
+                "assumes": released_assumes(),
+            },
+            AGGREGATOR: {
+                "epsilon": self.max_aggregator_epsilon(),
+                "amplification_by_sampling": False,
+                "protected": protected,
+                "why": why,
+                "accountant": (
+                    "skellam-rdp (q = 1)" if self.plan is not None else "analytic Gaussian (exact)"
+                ),
+                "participations_per_client": {
+                    str(k): v for k, v in sorted(self.participations.items())
+                },
+                "epsilon_by_participations": per_count,
+            },
+        }
+
     def report(self, rounds: int) -> dict[str, Any]:
         dp = privacy.UserLevelDP(clip_norm=self.norm, noise_multiplier=self.noise_multiplier)
         out = privacy.user_level_report(
@@ -236,6 +321,9 @@ class UserLevelDP:
             skellam=self.plan,
         )
         out["epsilon"] = self.epsilon(rounds)
+        out["epsilon_observer"] = RELEASED
+        out["observers"] = self.observers(rounds)
+        out["denominator"] = {"expected_cohort": self.expected_cohort}
         out["adaptive_clipping"] = None
         if self.adaptive is not None:
             out["adaptive_clipping"] = {
@@ -260,6 +348,7 @@ class UserLevelDP:
         return {
             "adaptive": self.adaptive.state_dict() if self.adaptive else None,
             "skellam_plan": dataclasses.asdict(self.plan) if self.plan else None,
+            "participations": {str(k): v for k, v in self.participations.items()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -267,6 +356,7 @@ class UserLevelDP:
             self.adaptive.load_state_dict(state["adaptive"])
         if state.get("skellam_plan"):
             self.plan = privacy.SkellamPlan(**state["skellam_plan"])
+        self.participations = {int(k): int(v) for k, v in state.get("participations", {}).items()}
 
 
 def protocol_options(cfg: ExperimentConfig) -> dict[str, Any]:

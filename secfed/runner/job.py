@@ -204,6 +204,7 @@ class FederatedRunner(LocalTraining):
                     self.state.round,
                 )
                 self.stopped_early = f"privacy budget exhausted after round {self.state.round}"
+                self.sample_dp.record_early_stop(round_, last=self.cfg.federation.rounds)
                 break
             record = self.run_round(round_)
             if on_round is not None:
@@ -212,11 +213,23 @@ class FederatedRunner(LocalTraining):
 
     # -- one round -------------------------------------------------------------------------
     def sample_cohort(self, round_: int) -> list[int]:
-        """Clients taking part in ``round_`` (Bernoulli sampling, at least one)."""
+        """Clients taking part in ``round_``: each independently with probability
+        ``federation.sample_rate`` (Poisson sampling, no forced member: a cohort may be empty).
+
+        That is the sampling the accountants assume. Under DP the draw comes from
+        :mod:`secrets` (amplification by sampling needs a cohort nobody can predict); it is
+        derived from the job seed only without DP or with ``privacy.deterministic_noise``.
+        """
         n, rate = self.cfg.federation.clients, self.cfg.federation.sample_rate
-        rng = np.random.default_rng(derive_seed(self.cfg.seed, "cohort", round_))
-        chosen = [c for c in range(n) if rng.random() < rate]
-        return chosen or [int(rng.integers(n))]
+        if rate >= 1.0:
+            return list(range(n))
+        p = self.cfg.privacy
+        dp = p.sample.enabled or p.user.enabled
+        if dp and not p.deterministic_noise:
+            draw = secrets.SystemRandom().random
+        else:
+            draw = np.random.default_rng(derive_seed(self.cfg.seed, "cohort", round_)).random
+        return [c for c in range(n) if draw() < rate]
 
     def aggregate(self, round_: int, results: list[ClientResult]) -> crypto.RoundOutcome:
         """Ferry the cohort's payloads through the protocol."""
@@ -243,8 +256,9 @@ class FederatedRunner(LocalTraining):
         sampled = self.sample_cohort(round_)
         cohort = self.sample_dp.admit(round_, sampled) if self.sample_dp is not None else sampled
         if not cohort:
-            history = self.dir.read_metrics()
-            return self.close_round(round_, skipped_record(round_, sampled, history), clock)
+            return self.empty_round(round_, sampled, clock)
+        if self.user_dp is not None:
+            self.user_dp.record_participation(cohort)
         start_of_dpo = self.cfg.model.task == "dpo" and round_ == self.cfg.dpo.sft_rounds + 1
         before = None
         if start_of_dpo:  # the DPO phase's starting point (the model may be fresh on resume)
@@ -271,6 +285,28 @@ class FederatedRunner(LocalTraining):
             record["before_dpo"] = before
         return self.close_round(round_, record, clock)
 
+    def empty_round(self, round_: int, sampled: list[int], clock: RoundClock) -> dict[str, Any]:
+        """A round nobody trains in: the sample was empty or every member is out of budget.
+
+        Under user-level DP the released model still moves by noise alone (the accountant
+        counts every round, so the model must not reveal an empty cohort); otherwise the
+        global model is unchanged.
+        """
+        history = self.dir.read_metrics()
+        record = skipped_record(round_, sampled, history)
+        if self.user_dp is not None:
+            dim = self.dim * self.strategy.update_blocks + self.user_dp.count_slots
+            mean = self.user_dp.empty_aggregate(
+                dim, rng=self.noise_rng("central", round_),
+                count_rng=self.noise_rng("clipcount", round_),
+            )  # fmt: skip
+            self._apply_mean(mean, participation=self.cfg.federation.sample_rate)
+            record.update(self.evaluate())
+            record["note"] = "empty cohort: the released model moved by the DP noise alone"
+        elif not sampled:
+            record["note"] = "empty cohort (Poisson sampling): global model unchanged"
+        return self.close_round(round_, record, clock)
+
     def apply_strategy(
         self, round_: int, results: list[ClientResult], outcome: crypto.RoundOutcome
     ) -> None:
@@ -284,13 +320,18 @@ class FederatedRunner(LocalTraining):
         if self.user_dp is not None:
             # The party that reads the aggregate adds the central noise (zero if clients did),
             # takes the noised unclipped count off the last coordinate (adaptive clipping),
-            # strips it and divides by the number of contributors (uniform weights).
+            # strips it and divides by the expected cohort size (uniform weights; the
+            # released model must not reveal how many took part, nor may SCAFFOLD's step).
             mean = self.user_dp.read_aggregate(
                 outcome.aggregate.weighted_sum,
                 contributors=len(contributors),
                 rng=self.noise_rng("central", round_),
                 count_rng=self.noise_rng("clipcount", round_),
             )
+            participation = self.cfg.federation.sample_rate
+        self._apply_mean(mean, participation=participation)
+
+    def _apply_mean(self, mean: np.ndarray, *, participation: float) -> None:
         new_global = self.strategy.apply(
             self.state.global_vector, mean, participation=participation
         )

@@ -1,0 +1,88 @@
+"""Canaries for the one-run audit: crafted client updates and random-label examples."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch.utils.data import TensorDataset
+
+
+def secret_rng() -> np.random.Generator:
+    """The auditor's generator: canary choices must be unpredictable to the trained job."""
+    return np.random.default_rng(secrets.randbits(128))
+
+
+def coin_flips(m: int, rng: np.random.Generator) -> NDArray[np.bool_]:
+    """Which of ``m`` canaries are included: independent fair coins."""
+    return rng.random(m) < 0.5
+
+
+@dataclass
+class UpdateCanaries:
+    """Canary clients for user-level DP: canary ``j`` (if included) submits ``norm * u_j``
+    every round it is sampled, ``u_j`` a random unit vector in the first ``dim`` coordinates
+    (the adapter), zero elsewhere (SCAFFOLD's control block). Score: ``<theta_T - theta_0, u_j>``.
+    """
+
+    directions: NDArray[np.float64]  # (m, dim) unit rows
+    included: NDArray[np.bool_]
+    norm: float
+
+    @classmethod
+    def draw(cls, m: int, dim: int, *, norm: float, rng: np.random.Generator) -> UpdateCanaries:
+        d = rng.standard_normal((m, dim))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        return cls(d, coin_flips(m, rng), norm)
+
+    def payload(self, j: int, width: int) -> NDArray[np.float64]:
+        out = np.zeros(width)
+        out[: self.directions.shape[1]] = self.norm * self.directions[j]
+        return out
+
+    def scores(self, start: NDArray[np.float64], end: NDArray[np.float64]) -> NDArray[np.float64]:
+        return np.asarray(self.directions @ (end - start)[: self.directions.shape[1]])
+
+
+@dataclass
+class ExampleCanaries:
+    """Random-label canary examples for sample-level DP: uniformly random token sequences
+    (no special tokens) with uniformly random labels; included ones are spread over the
+    clients' training data. Score: the gain in log-probability of the canary's label from
+    the initial to the final model."""
+
+    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    included: NDArray[np.bool_]
+
+    @classmethod
+    def draw(
+        cls,
+        m: int,
+        *,
+        vocab: int,
+        specials: int,
+        length: int,
+        labels: int,
+        rng: np.random.Generator,
+    ) -> ExampleCanaries:
+        ids = torch.as_tensor(rng.integers(specials, vocab, size=(m, length)), dtype=torch.long)
+        mask = torch.ones((m, length), dtype=torch.long)
+        y = torch.as_tensor(rng.integers(0, labels, size=m), dtype=torch.long)
+        return cls((ids, mask, y), coin_flips(m, rng))
+
+    def dataset(self) -> TensorDataset:
+        return TensorDataset(*self.tensors)
+
+    @torch.no_grad()
+    def label_log_prob(self, model: torch.nn.Module) -> NDArray[np.float64]:
+        model.eval()
+        ids, mask, y = self.tensors
+        out = []
+        for i in range(0, len(y), 256):
+            logits = model(input_ids=ids[i : i + 256], attention_mask=mask[i : i + 256]).logits
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            out.append(logp.gather(1, y[i : i + 256, None])[:, 0])
+        return torch.cat(out).double().numpy()

@@ -1,0 +1,63 @@
+"""`secfed privacy audit`: power without DP, and never above the accounted epsilon with DP."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from secfed.audit.runner import run_audit
+from secfed.cli import app
+from tests.secfed.conftest import tiny_job
+
+USER_DP = {"user": {"enabled": True, "clip_norm": 0.05, "noise_multiplier": 1.0}}
+SAMPLE_DP = {"sample": {"enabled": True, "noise_multiplier": 1.0}}
+ONE_ROUND = {"clients": 3, "rounds": 1}
+
+
+def test_user_level_audit_has_power_without_dp(tmp_path):
+    out = run_audit(tiny_job(federation=ONE_ROUND), tmp_path / "run", canaries=200, level="user")
+    # Canary clients' updates show plainly in the model: most guesses are right.
+    assert out["correct"] >= 0.95 * out["guesses"]
+    assert out["epsilon_lower_bound"] > 2.5
+    assert out["accounted_epsilon"] == {}  # no DP, nothing accounted
+    saved = json.loads((tmp_path / "run" / "audit.json").read_text())
+    assert saved["epsilon_lower_bound"] == out["epsilon_lower_bound"]
+
+
+def test_user_level_audit_stays_below_the_accounted_epsilon(tmp_path):
+    cfg = tiny_job(federation={**ONE_ROUND, "rounds": 2}, privacy=USER_DP)
+    out = run_audit(cfg, tmp_path / "run", canaries=200, level="user")
+    released = out["accounted_epsilon"]["released_models"]
+    assert math.isfinite(released)
+    assert out["epsilon_lower_bound"] <= released and out["consistent"]
+    # The noise hides the canaries: far from the DP-off power.
+    assert out["epsilon_lower_bound"] < 2.5
+
+
+def test_audit_cli_prints_the_bound_beside_the_accounted_epsilon(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text(tiny_job(federation=ONE_ROUND, privacy=USER_DP).to_toml())
+    res = CliRunner().invoke(
+        app, ["privacy", "audit", str(job), "--canaries", "40", "--out", str(tmp_path / "a")]
+    )
+    assert res.exit_code == 0, res.output
+    assert "epsilon >=" in res.output and "accounted epsilon, released_models" in res.output
+    assert "accounted epsilon, aggregator: inf" in res.output  # plain: no guarantee
+
+
+@pytest.mark.slow
+def test_sample_level_audit_stays_below_the_accounted_epsilon(tmp_path):
+    cfg = tiny_job(federation={"clients": 3, "rounds": 2, "local_epochs": 3}, privacy=SAMPLE_DP)
+    out = run_audit(cfg, tmp_path / "run", canaries=200, level="sample")
+    assert out["epsilon_lower_bound"] <= out["accounted_epsilon"]["every_observer"]
+    assert out["consistent"]
+
+
+def test_audit_refuses_too_few_canaries(tmp_path):
+    from secfed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="canaries"):
+        run_audit(tiny_job(federation=ONE_ROUND), tmp_path / "run", canaries=1)

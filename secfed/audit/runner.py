@@ -76,6 +76,14 @@ class AuditRunner(FederatedRunner):
             for i, s in enumerate(self.parts.shards)
         ]
 
+    def party_ids(self) -> list[int]:
+        """The job's clients and, for a user-level audit, every canary client."""
+        ids = super().party_ids()
+        if self.update_canaries is not None:
+            first = self.cfg.federation.clients
+            ids += [first + j for j in range(len(self.update_canaries.included))]
+        return ids
+
     def train_cohort(self, round_: int, cohort: list[int]) -> list[ClientResult]:
         results = super().train_cohort(round_, cohort)
         c = self.update_canaries

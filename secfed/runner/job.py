@@ -155,13 +155,15 @@ class FederatedRunner(LocalTraining):
         check_job_key_dir(self.cfg.aggregation.protocol, key_dir)
         return key_dir
 
+    def party_ids(self) -> list[int]:
+        """The client ids the job's roster lists."""
+        return list(range(self.cfg.federation.clients))
+
     def _setup_keys(self) -> None:
         key_dir = self._key_dir()
         if self.simulates_all_parties:
             # The job's roster (made at job start, reloaded on resume): the PKI protocols trust.
-            ring = identity.load_or_create(
-                self.dir.keys / identity.SUBDIR, range(self.cfg.federation.clients)
-            )
+            ring = identity.load_or_create(self.dir.keys / identity.SUBDIR, self.party_ids())
             self.protocol.use_identities(ring)
         self.protocol.setup(job_id=self.state.job_id, key_dir=key_dir)
 

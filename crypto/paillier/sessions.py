@@ -27,11 +27,13 @@ from ..core.packing import (
 )
 from ..core.protocol import Aggregate, ClientSession, RoundSpec, ServerSession, ServerStep
 from ..errors import ProtocolError
+from . import holder
 from . import math as pm
 from .keys import PrivateKey, PublicKey
 
 NAME = "paillier"
 _U32 = struct.Struct("!I")
+NONCE = holder.NONCE_BYTES
 
 
 def digest(public: PublicKey, quantiser: Quantiser) -> bytes:
@@ -61,12 +63,11 @@ class PaillierClient(ClientSession):
         weight: float,
         *,
         private: PrivateKey,
-        base: pm.DJNBase,
         quantiser: Quantiser,
         workers: int,
     ):
         super().__init__(spec, client_id, vector, weight)
-        self._private, self._base, self._quantiser = private, base, quantiser
+        self._private, self._quantiser = private, quantiser
         self._public = private.public
         self._workers = workers
         self._layout = _layout(spec, self._public, quantiser)
@@ -98,10 +99,13 @@ class PaillierClient(ClientSession):
                 "(clip, max_weight, precision_bits): check both sides' configuration"
             )
         assert self._plain is not None
-        cipher = pm.encrypt_blob(
+        cipher = holder.encrypt_message(
             self._plain,
-            base=self._base,
+            p=self._private.p,
+            q=self._private.q,
             plain_width=self._layout.plaintext_bytes,
+            session_id=sid,
+            sender=self.client_id,
             workers=self._workers,
         )
         self._plain, self._stage = None, 1
@@ -112,12 +116,15 @@ class PaillierClient(ClientSession):
     def _decode(self, message: bytes) -> None:
         sid = self.spec.session_id
         body = wire.unframe(message, protocol=NAME, session_id=sid, stage=1, sender=wire.SERVER)
-        ids, cipher = _parse_final(body, self.spec, self._layout, self._public)
-        plain = pm.decrypt_blob(
+        ids, nonces, cipher = _parse_final(body, self.spec, self._layout, self._public)
+        plain = holder.decrypt_product(
             cipher,
             p=self._private.p,
             q=self._private.q,
             plain_width=self._layout.plaintext_bytes,
+            session_id=sid,
+            senders=ids,
+            nonces=nonces,
             workers=self._workers,
         )
         sums = unpack(plain, layout=self._layout)
@@ -158,21 +165,23 @@ class PaillierServer(ServerSession):
             cohort=self.spec.cohort,
         )  # fmt: skip
         width = self._public.ciphertext_bytes
-        expected = self._layout.plaintexts * width
-        parts = []
+        expected = NONCE + self._layout.plaintexts * width
+        parts, nonces = [], {}
         for cid, body in bodies.items():
             if len(body) != expected:
                 raise ProtocolError(
                     f"client {cid} sent {len(body)} payload bytes, expected {expected} "
-                    f"({self._layout.plaintexts} ciphertexts of {width} bytes)"
+                    f"(a {NONCE}-byte nonce, {self._layout.plaintexts} ciphertexts of {width} bytes)"
                 )
+            nonces[cid] = body[:NONCE]
             try:
-                parts.append(pm.parse_ciphertexts(body, n=self._public.n, width=width))
+                parts.append(pm.parse_ciphertexts(body[NONCE:], n=self._public.n, width=width))
             except ProtocolError as err:
                 raise ProtocolError(f"client {cid}: {err}") from None
         total = pm.ciphertext_product(parts, n=self._public.n, width=width)
         ids = sorted(replies)
-        payload = _U32.pack(len(ids)) + b"".join(_U32.pack(c) for c in ids) + total
+        head = _U32.pack(len(ids)) + b"".join(_U32.pack(c) for c in ids)
+        payload = head + b"".join(nonces[c] for c in ids) + total
         self._done = True
         messages = {
             cid: wire.frame(
@@ -189,11 +198,11 @@ class PaillierServer(ServerSession):
 
 def _parse_final(
     body: bytes, spec: RoundSpec, layout: SlotLayout, public: PublicKey
-) -> tuple[tuple[int, ...], bytes]:
+) -> tuple[tuple[int, ...], tuple[bytes, ...], bytes]:
     if len(body) < _U32.size:
         raise ProtocolError("final message is truncated: no contributor count")
     (count,) = _U32.unpack_from(body)
-    head = _U32.size * (1 + count)
+    head = _U32.size * (1 + count) + NONCE * count
     expected = head + layout.plaintexts * public.ciphertext_bytes
     if not 1 <= count <= len(spec.cohort) or len(body) != expected:
         raise ProtocolError(
@@ -203,4 +212,6 @@ def _parse_final(
     ids = tuple(_U32.unpack_from(body, _U32.size * (1 + i))[0] for i in range(count))
     if list(ids) != sorted(set(ids)) or not set(ids) <= set(spec.cohort):
         raise ProtocolError(f"contributor list {ids} is not a sorted subset of the cohort")
-    return ids, body[head:]
+    start = _U32.size * (1 + count)
+    nonces = tuple(body[start + NONCE * i : start + NONCE * (i + 1)] for i in range(count))
+    return ids, nonces, body[head:]

@@ -37,8 +37,7 @@ from phe import paillier as phe_paillier
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from crypto import RoundSpec, create_protocol
-from crypto.paillier import PaillierProtocol
-from crypto.paillier import holder
+from crypto.paillier import PaillierProtocol, holder
 from crypto.paillier.keys import PrivateKey
 from crypto.paillier.sessions import PaillierClient
 

@@ -3,15 +3,16 @@
 In this protocol only holders of the private key encrypt (the clients), and only they decrypt
 (see :mod:`crypto.paillier.protocol`). Both steps use that:
 
-Randomisers. Every key holder derives the same 256-bit randomiser key
-``K = HKDF-SHA256(p || q, info="secfed/paillier/randomiser/v1")`` and the same DJN base
-``hs = h**n mod n**2`` with ``h = -x**2 mod n`` and ``x`` from HKDF of ``K``. A message gets a
-fresh 16-byte nonce from ``secrets``; its ``j``-th ciphertext is ``(1 + m*n) * hs**a_j mod
-n**2`` with ``a_j`` the ``j``-th 128-byte block (1024 bits, little-endian; half the key length) of AES-256-CTR under
-``HMAC-SHA256(K, session_id || sender || nonce)``. The ciphertext is an ordinary Paillier
-(DJN-randomised) ciphertext: ``phe`` decrypts it. To anybody without ``K`` (the server) the
-exponents are pseudorandom, so this is DJN encryption with a 1024-bit exponent, as before; a
-fresh nonce per message means no randomiser is ever reused, even when a round is rerun.
+Randomisers. Every key holder derives the same 256-bit randomiser key ``K = HKDF-SHA256(p || q,
+info="secfed/paillier/randomiser/v1")`` and the same DJN base ``hs = h**n mod n**2`` with ``h =
+-x**2 mod n`` and ``x`` from HKDF of ``K``. A message gets a fresh 16-byte nonce from
+``secrets``; its ``j``-th ciphertext is ``(1 + m*n) * hs**a_j mod n**2`` with ``a_j`` the
+``j``-th block of half the key length (1024 bits, little-endian, for a 2048-bit key) of
+AES-256-CTR under ``HMAC-SHA256(K, session_id || sender || nonce)``. The ciphertext is an
+ordinary Paillier (DJN-randomised) ciphertext: ``phe`` decrypts it. To anybody without ``K``
+(the server) the exponents are pseudorandom, so this is DJN encryption with a 1024-bit exponent,
+as before; a fresh nonce per message means no randomiser is ever reused, even when a round is
+rerun.
 
 Encryption. With ``p`` and ``q`` known, ``hs**a`` is computed modulo ``p**2`` and ``q**2``
 (2048-bit moduli, each multiplication ~4x cheaper than modulo ``n**2``) from fixed-base tables
@@ -22,10 +23,10 @@ Decryption of a product ``C = prod_i c_i`` needs no ``(p - 1)``-bit exponentiati
 holders know the contributors' nonces, so ``A_j = sum_i a_ij`` and ``C * hs**-A_j = 1 + M*n``
 (mod ``n**2``). As ``hs`` has order dividing ``p - 1`` modulo ``p**2``, ``hs**-A`` is
 ``hs**((-A) mod (p - 1))`` from the same table; ``M mod p = L_p(...) * q**-1 mod p`` and the
-same for ``q``, recombined by CRT. A product whose randomisers do not match the contributor
-list (a ciphertext missing, added or from another session) leaves a residue ``!= 1 (mod n)``
-and is refused: a consistency check, not integrity against a malicious server (who can still
-multiply in ``1 + k*n``).
+same for ``q``, recombined by CRT. A product whose randomisers do not match the contributor list
+(a ciphertext missing, added or from another session) leaves a residue ``!= 1 (mod n)`` and is
+refused: a consistency check, not integrity against a malicious server (who can still multiply
+in ``1 + k*n``).
 """
 
 from __future__ import annotations
@@ -189,7 +190,8 @@ def summed_exponents(streams: Sequence[bytes], count: int) -> list[int]:
     lo = (total & np.uint64(0xFFFFFFFF)).astype("<u4")
     hi = (total >> np.uint64(32)).astype("<u4")
     return [
-        int.from_bytes(lo[j].tobytes(), "little") + (int.from_bytes(hi[j].tobytes(), "little") << 32)
+        int.from_bytes(lo[j].tobytes(), "little")
+        + (int.from_bytes(hi[j].tobytes(), "little") << 32)
         for j in range(count)
     ]
 

@@ -8,8 +8,9 @@ Threat model
 * The server sees each client's ciphertexts (semantically secure under the decisional composite
   residuosity assumption, with DJN short-exponent randomisers that the key holders derive from
   the private key and a fresh per-message nonce, see :mod:`crypto.paillier.holder`), their
-  sizes, the nonces, and which clients answered. It never sees an update nor the aggregate: it multiplies ciphertexts and sends the
-  encrypted sum back to the key holders, who alone learn it (``learned_by = "clients"``).
+  sizes, the nonces, and which clients answered. It never sees an update nor the aggregate:
+  it multiplies ciphertexts and sends the encrypted sum back to the key holders, who alone
+  learn it (``learned_by = "clients"``).
 * Collusion: because all clients share the private key, ANY single client colluding with the
   server decrypts every other client's individual update (the server holds their ciphertexts).
   Only a server that colludes with no client is kept blind.

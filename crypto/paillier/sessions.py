@@ -171,7 +171,8 @@ class PaillierServer(ServerSession):
             if len(body) != expected:
                 raise ProtocolError(
                     f"client {cid} sent {len(body)} payload bytes, expected {expected} "
-                    f"(a {NONCE}-byte nonce, {self._layout.plaintexts} ciphertexts of {width} bytes)"
+                    f"(a {NONCE}-byte nonce, {self._layout.plaintexts} ciphertexts of "
+                    f"{width} bytes)"
                 )
             nonces[cid] = body[:NONCE]
             try:

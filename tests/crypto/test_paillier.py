@@ -317,7 +317,12 @@ def test_holder_decrypts_products_and_refuses_mismatched_contributors(key2048):
     holder._CTX.clear()  # another key holder derives everything afresh from p and q
     kwargs = {"p": key2048.p, "q": key2048.q, "plain_width": 256}
     out = holder.decrypt_product(
-        product, session_id=sid, senders=[0, 1, 2], nonces=[m[:16] for m in msgs], workers=1, **kwargs
+        product,
+        session_id=sid,
+        senders=[0, 1, 2],
+        nonces=[m[:16] for m in msgs],
+        workers=1,
+        **kwargs,
     )
     _, phe_priv = _phe_keys(key2048)
     for j in range(4):
@@ -325,7 +330,12 @@ def test_holder_decrypts_products_and_refuses_mismatched_contributors(key2048):
         assert int.from_bytes(out[256 * j : 256 * (j + 1)], "big") == want
         assert phe_priv.raw_decrypt(int.from_bytes(product[512 * j : 512 * (j + 1)], "big")) == want
     two = holder.decrypt_product(
-        product, session_id=sid, senders=[0, 1, 2], nonces=[m[:16] for m in msgs], workers=2, **kwargs
+        product,
+        session_id=sid,
+        senders=[0, 1, 2],
+        nonces=[m[:16] for m in msgs],
+        workers=2,
+        **kwargs,
     )
     assert two == out
     bad = [

@@ -147,6 +147,24 @@ def window_pow(table: list[list[mpz]], exponent: int, modulus: mpz, *, w: int = 
     return mpz(1) if acc is None else acc
 
 
+def window_digits(exponents: bytes, *, count: int, rows: int, w: int = WINDOW_BITS) -> list[list[int]]:
+    """Base-``2**w`` digits (least significant first, ``rows`` each) of little-endian exponents."""
+    bits = np.unpackbits(np.frombuffer(exponents, np.uint8), bitorder="little").reshape(count, -1)
+    padded = np.zeros((count, rows * w), np.uint16)
+    padded[:, : bits.shape[1]] = bits[:, : rows * w]
+    weights = (1 << np.arange(w, dtype=np.uint16)).astype(np.uint16)
+    digits: list[list[int]] = (padded.reshape(count, rows, w) * weights).sum(axis=2).tolist()
+    return digits
+
+
+def _digit_pow(table: list[list[mpz]], digits: list[int], modulus: mpz) -> mpz:
+    acc: mpz | None = None
+    for row, d in zip(table, digits, strict=False):
+        if d:
+            acc = row[d] if acc is None else acc * row[d] % modulus
+    return mpz(1) if acc is None else acc
+
+
 def exponent_stream(
     key: HolderKey, *, session_id: bytes, sender: int, nonce: bytes, start: int, count: int
 ) -> bytes:
@@ -166,16 +184,17 @@ def encrypt_chunk(
     count, eb = len(plain) // plain_width, key.exp_bytes
     if len(exponents) != eb * count:
         raise ValueError(f"one {eb}-byte exponent block per plaintext is needed")
-    n, psq, qsq, tp, tq = key.n, key.psq, key.qsq, key.table_p, key.table_q
+    n, p, q, psq, qsq = key.n, key.p, key.q, key.psq, key.qsq
+    digits = window_digits(exponents, count=count, rows=len(key.table_p))
     out = bytearray()
     for i in range(count):
         m = mpz(int.from_bytes(plain[i * plain_width : (i + 1) * plain_width], "big"))
         if m >= n:
             raise EncodingError(f"plaintext {i} is not below n: the packing layout is wrong")
-        a = int.from_bytes(exponents[i * eb : (i + 1) * eb], "little")
-        g = m * n + 1
-        cp = g * window_pow(tp, a, psq) % psq
-        cq = g * window_pow(tq, a, qsq) % qsq
+        d = digits[i]
+        # 1 + m*n is 1 + p * (m*q mod p) modulo p**2, and the same for q.
+        cp = (1 + p * (m * q % p)) * _digit_pow(key.table_p, d, psq) % psq
+        cq = (1 + q * (m * p % q)) * _digit_pow(key.table_q, d, qsq) % qsq
         c = cp + psq * ((cq - cp) * key.psq_inv_q % qsq)
         out += int(c).to_bytes(width_out, "big")
     return bytes(out)

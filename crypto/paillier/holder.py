@@ -147,7 +147,9 @@ def window_pow(table: list[list[mpz]], exponent: int, modulus: mpz, *, w: int = 
     return mpz(1) if acc is None else acc
 
 
-def window_digits(exponents: bytes, *, count: int, rows: int, w: int = WINDOW_BITS) -> list[list[int]]:
+def window_digits(
+    exponents: bytes, *, count: int, rows: int, w: int = WINDOW_BITS
+) -> list[list[int]]:
     """Base-``2**w`` digits (least significant first, ``rows`` each) of little-endian exponents."""
     bits = np.unpackbits(np.frombuffer(exponents, np.uint8), bitorder="little").reshape(count, -1)
     padded = np.zeros((count, rows * w), np.uint16)

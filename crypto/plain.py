@@ -48,15 +48,13 @@ class PlainClient(ClientSession):
             message, protocol=_NAME, session_id=self.spec.session_id, stage=0, sender=wire.SERVER
         )
         self._answered = True
-        payload = bytearray(_WEIGHT.size + 4 * self.vector.shape[0])
-        _WEIGHT.pack_into(payload, 0, self.weight)
-        np.frombuffer(payload, dtype="<f4", offset=_WEIGHT.size)[:] = self.vector
-        return wire.frame(
+        values = np.ascontiguousarray(self.vector, dtype="<f4")
+        return wire.frame_parts(
             protocol=_NAME,
             session_id=self.spec.session_id,
             stage=0,
             sender=self.client_id,
-            payload=payload,
+            parts=(_WEIGHT.pack(self.weight), memoryview(values)),
         )
 
 

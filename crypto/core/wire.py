@@ -15,7 +15,7 @@ replayed or out-of-order message is rejected before its payload is parsed::
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import DropoutError, ProtocolError
@@ -126,3 +126,20 @@ def collect_replies(
             replies[cid], protocol=protocol, session_id=session_id, stage=stage, sender=cid
         )
     return bodies
+
+
+def frame_parts(
+    *,
+    protocol: str,
+    session_id: bytes,
+    stage: int,
+    sender: int,
+    parts: Sequence[bytes | memoryview],
+) -> bytes:
+    """:func:`frame` for a payload given in parts, joined once (no payload-sized copy first)."""
+    if len(session_id) != 16:
+        raise ValueError(f"session id must be 16 bytes, got {len(session_id)}")
+    views = [memoryview(p).cast("B") for p in parts]
+    length = sum(v.nbytes for v in views)
+    header = _HEADER.pack(MAGIC, _tag(protocol), session_id, stage, sender, length)
+    return b"".join([header, *views])

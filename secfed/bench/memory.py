@@ -4,9 +4,10 @@ Method (``peak_rss_bytes``): one extra round per point, without dropouts, in whi
 the server each run in a fresh ``spawn`` process; the other clients run in the bench process and
 messages travel over pipes (one ``send_bytes`` per message, so nothing is pickled or held twice
 on the way). Each party process records its resident set size after importing and setting up the
-protocol (``baseline``: interpreter, numpy, cryptography, keys) and its high-water mark at the
-end (``VmHWM`` of ``/proc/self/status``, which, unlike ``ru_maxrss``, restarts at ``exec`` and
-so does not inherit the bench process's size), and the largest ``VmHWM`` of its live worker
+protocol and running an 8-parameter round of it in-process (``baseline``: interpreter,
+libraries, keys, first-use tables such as Paillier's) and its high-water mark at the end
+(``VmHWM`` of ``/proc/self/status``, which, unlike ``ru_maxrss``, restarts at ``exec`` and so
+does not inherit the bench process's size), and the largest ``VmHWM`` of its live worker
 processes (a Paillier pool). The client receives its update as raw float32 bytes, which it holds
 like any client holds its update. Reported per party: the high-water mark, the part above the
 baseline, and that part over the float32 size of the update (``4 * params``); the largest
@@ -19,6 +20,7 @@ cohort.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import pickle
 import struct
@@ -56,12 +58,22 @@ def _send_map(conn: Connection, messages: Mapping[int, bytes]) -> None:
         conn.send_bytes(body)
 
 
+def _warm_up(proto: crypto.Protocol, spec: crypto.RoundSpec, weight: float) -> None:
+    """A whole 8-parameter round in this process: first-use imports, tables and caches."""
+    tiny = crypto.RoundSpec(spec.job_id, spec.round - 1, spec.cohort, 8)
+    zeros = np.zeros(8, dtype=np.float32)
+    clients = {c: proto.client_session(tiny, c, zeros, weight) for c in tiny.cohort}
+    crypto.run_round(proto.server_session(tiny), clients)
+
+
 def _party(conn: Connection, role: str, setup: dict[str, Any]) -> None:
     """Child process: one party of one round, driven over ``conn``."""
     try:
         proto = crypto.create_protocol(setup["name"], **setup["options"])
         proto.setup(job_id=setup["job_id"], key_dir=setup["key_dir"])
         spec = crypto.RoundSpec(setup["job_id"], _PROBE_ROUND, setup["cohort"], setup["dim"])
+        _warm_up(proto, spec, setup["weight"])
+        gc.collect()
         baseline = _status_kb("VmRSS")
         conn.send_bytes(b"ready")
         if role == "client":

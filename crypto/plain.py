@@ -54,7 +54,7 @@ class PlainClient(ClientSession):
             session_id=self.spec.session_id,
             stage=0,
             sender=self.client_id,
-            parts=(_WEIGHT.pack(self.weight), memoryview(values)),
+            parts=(_WEIGHT.pack(self.weight), values.data),
         )
 
 

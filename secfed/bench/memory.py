@@ -90,7 +90,9 @@ def _party(conn: Connection, role: str, setup: dict[str, Any]) -> None:
                 conn.send_bytes(b"final" if step.final else b"more")
                 _send_map(conn, step.messages)
         peak = _status_kb("VmHWM")
-        workers = max((_status_kb("VmHWM", c.pid) for c in mp.active_children()), default=0)
+        workers = max(
+            (_status_kb("VmHWM", c.pid) for c in mp.active_children() if c.pid), default=0
+        )
         pools = sys.modules.get("crypto.paillier.math")
         if pools is not None:
             pools.shutdown_pools()

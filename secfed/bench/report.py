@@ -174,7 +174,7 @@ def write_plot(path: Path, records: Sequence[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (
+    panels: tuple[tuple[str, str], ...] = (
         ("encode_s", "client encode s (max over clients)"),
         ("aggregate_s", "server aggregate s"),
         ("bytes_up", "bytes up per client"),

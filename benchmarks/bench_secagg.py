@@ -60,6 +60,9 @@ class _CpuTimed:
     def aggregate(self) -> Any:
         return self.inner.aggregate()
 
+    def __getattr__(self, name: str) -> Any:  # spec, client_id, ...: as the wrapped session
+        return getattr(self.inner, name)
+
 
 def run_case(
     name: str, n: int, dim: int, drop: dict[int, int], *, repeats: int = 1, seed: int = 0

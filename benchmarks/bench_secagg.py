@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -224,6 +225,45 @@ def auth_overhead(*, dim: int, repeats: int, out: Path | None) -> int:
     return 0
 
 
+def scaling_only(sizes: list[int], json_path: Path | None, plot: Path | None) -> int:
+    """secagg+ at each cohort size: 100,000 parameters, 10% dropouts, one round each.
+
+    ``wall_s`` is the whole round with every party run one after another in this process
+    (all clients' and the server's work added up): an upper bound on a deployment's round.
+    """
+    rows = []
+    for n in sizes:
+        row = run_case("secagg+", n, 100_000, ten_percent(n))
+        row["load_average"] = os.getloadavg()[0]
+        rows.append(row)
+        print(fmt(row), f"round {row['wall_s']:.1f} s (load {row['load_average']:.1f})", flush=True)
+    if json_path:
+        meta = {"machine": "shared 2-core machine; figures are noisy", "argv": sys.argv[1:]}
+        json_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    if plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        ns = [r["n"] for r in rows]
+        ax.plot(ns, [r["wall_s"] for r in rows], "o-", label="whole round (all parties, 1 process)")
+        ax.plot(ns, [r["server_s"] for r in rows], "s--", label="server")
+        ax.plot(ns, [r["client_ms"] / 1e3 for r in rows], "^:", label="one client (mean)")
+        ax.axhline(60, color="grey", lw=0.8, label="60 s target")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("clients (10% drop: half before, half after the masked input)")
+        ax.set_ylabel("seconds")
+        ax.set_title("secagg+, 100,000 parameters")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(plot, dpi=110)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -234,9 +274,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only: secagg+ at n=10 signed vs UNAUTHENTICATED, side by side (interleaved)",
     )
+    ap.add_argument(
+        "--scaling-only",
+        type=str,
+        default=None,
+        help="only secagg+ at these cohort sizes (e.g. 100,1000), 100k params, 10%% dropouts",
+    )
+    ap.add_argument("--plot", type=Path, help="with --scaling-only: round time vs cohort (PNG)")
     args = ap.parse_args(argv)
     if args.auth_overhead:
         return auth_overhead(dim=100_000 if args.quick else 1_000_000, repeats=9, out=args.json)
+    if args.scaling_only:
+        return scaling_only([int(x) for x in args.scaling_only.split(",")], args.json, args.plot)
 
     head_dim = 100_000 if args.quick else 1_000_000
     scale_dim = 10_000 if args.quick else 100_000

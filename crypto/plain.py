@@ -38,6 +38,7 @@ from .errors import ProtocolError
 
 _NAME = "plain"
 _WEIGHT = struct.Struct("!d")
+_BLOCK = 1 << 16
 
 
 class PlainClient(ClientSession):
@@ -89,10 +90,10 @@ class PlainServer(ServerSession):
                     f"for dim {self.spec.dim}"
                 )
             (w,) = _WEIGHT.unpack_from(body)
-            vec = np.frombuffer(body, dtype="<f4", offset=_WEIGHT.size).astype(np.float64)
-            if not (w > 0 and np.isfinite(w)) or not np.all(np.isfinite(vec)):
-                raise ProtocolError(f"client {cid} sent a non-finite or non-positive value")
-            total += w * vec
+            vec = np.frombuffer(body, dtype="<f4", offset=_WEIGHT.size)
+            if not (w > 0 and np.isfinite(w)):
+                raise ProtocolError(f"client {cid} sent a non-finite or non-positive weight")
+            _add_weighted(total, vec, w, cid)
             weight += w
         bound = 1e-12 * float(np.max(np.abs(total), initial=0.0)) * len(replies)
         self._result = Aggregate(total, weight, tuple(sorted(bodies)), "server", bound)
@@ -100,6 +101,18 @@ class PlainServer(ServerSession):
 
     def aggregate(self) -> Aggregate | None:
         return self._result
+
+
+def _add_weighted(total: NDArray[np.float64], vec: NDArray[np.float32], w: float, cid: int) -> None:
+    """``total += w * vec`` in float64, a block at a time (no vector-sized temporaries)."""
+    buf = np.empty(min(_BLOCK, total.shape[0]), dtype=np.float64)
+    for start in range(0, total.shape[0], _BLOCK):
+        stop = min(total.shape[0], start + _BLOCK)
+        part = buf[: stop - start]
+        np.multiply(vec[start:stop], np.float64(w), out=part)
+        if not np.all(np.isfinite(part)):
+            raise ProtocolError(f"client {cid} sent a non-finite value")
+        total[start:stop] += part
 
 
 @register

@@ -8,7 +8,8 @@ reused under a key. Arithmetic is modulo 2**32 (and 2**64 for the weight); a pro
 works modulo a smaller power of two simply keeps the low bits.
 
 :func:`apply_masks` adds and subtracts many masks in place, streaming the keystreams block
-by block so the working set stays in cache.
+by block so the working set stays in cache; :class:`MaskStream` does the same over a vector
+handed over in parts (encode, mask and pack a block at a time, in bounded memory).
 
 >>> import numpy as np
 >>> acc = np.zeros(5, dtype=np.uint32)
@@ -47,6 +48,49 @@ def expand_mask(seed: bytes, *, words: int) -> tuple[NDArray[np.uint32], int]:
     return vec, int.from_bytes(raw[4 * words :], "little")
 
 
+class MaskStream:
+    """Adds and subtracts many masks block by block: any vector length in bounded memory.
+
+    Call :meth:`apply` on consecutive parts of the vector (each part takes the next words of
+    every keystream), then :meth:`tail` once for the combined weight mask.
+    """
+
+    def __init__(self, *, add: Sequence[bytes], subtract: Sequence[bytes]):
+        self._jobs = [(_stream(s), True) for s in add] + [(_stream(s), False) for s in subtract]
+        self._raw = bytearray(4 * _BLOCK_WORDS)
+        self._zeros = memoryview(bytearray(4 * _BLOCK_WORDS))
+        self._view = np.frombuffer(self._raw, dtype="<u4")
+        self._done = False
+
+    def apply(self, part: NDArray[np.uint32]) -> None:
+        """``part += sum(next words of add) - sum(next words of subtract)`` modulo 2**32."""
+        if self._done:
+            raise ValueError("the mask tail was already taken: the streams are finished")
+        if part.dtype != np.uint32 or part.ndim != 1:
+            raise ValueError("masks apply to 1-D uint32 arrays")
+        buf = memoryview(self._raw)
+        words = part.shape[0]
+        for start in range(0, words, _BLOCK_WORDS):
+            stop = min(words, start + _BLOCK_WORDS)
+            n = stop - start
+            piece = part[start:stop]
+            for stream, plus in self._jobs:
+                stream.update_into(self._zeros[: 4 * n], buf[: 4 * n])
+                if plus:
+                    np.add(piece, self._view[:n], out=piece)
+                else:
+                    np.subtract(piece, self._view[:n], out=piece)
+
+    def tail(self) -> int:
+        """Combined weight mask modulo 2**64 (after every word of the vector was applied)."""
+        self._done = True
+        tail = 0
+        for stream, plus in self._jobs:
+            t = int.from_bytes(stream.update(bytes(TAIL_BYTES)), "little")
+            tail = tail + t if plus else tail - t
+        return tail & _U64
+
+
 def apply_masks(acc: NDArray[np.uint32], *, add: Sequence[bytes], subtract: Sequence[bytes]) -> int:
     """``acc += sum(mask(a)) - sum(mask(s))`` modulo 2**32, in place.
 
@@ -54,27 +98,8 @@ def apply_masks(acc: NDArray[np.uint32], *, add: Sequence[bytes], subtract: Sequ
     """
     if acc.dtype != np.uint32 or acc.ndim != 1 or not acc.flags.c_contiguous:
         raise ValueError("accumulator must be a contiguous 1-D uint32 array")
-    jobs = [(_stream(s), True) for s in add] + [(_stream(s), False) for s in subtract]
-    if not jobs:
+    if not add and not subtract:
         return 0
-    words = acc.shape[0]
-    block = min(_BLOCK_WORDS, max(words, 1))
-    zeros = memoryview(bytearray(4 * block))
-    raw = bytearray(4 * block)
-    buf = memoryview(raw)
-    view = np.frombuffer(raw, dtype="<u4")
-    for start in range(0, words, block):
-        stop = min(words, start + block)
-        n = stop - start
-        part = acc[start:stop]
-        for stream, plus in jobs:
-            stream.update_into(zeros[: 4 * n], buf[: 4 * n])
-            if plus:
-                np.add(part, view[:n], out=part)
-            else:
-                np.subtract(part, view[:n], out=part)
-    tail = 0
-    for stream, plus in jobs:
-        t = int.from_bytes(stream.update(bytes(TAIL_BYTES)), "little")
-        tail = tail + t if plus else tail - t
-    return tail & _U64
+    masks = MaskStream(add=add, subtract=subtract)
+    masks.apply(acc)
+    return masks.tail()

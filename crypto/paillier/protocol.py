@@ -6,9 +6,11 @@ Threat model
   by :meth:`PaillierProtocol.setup` or ``secfed keys generate``); the server holds the public key
   only, and its session is built from the public key bytes alone.
 * The server sees each client's ciphertexts (semantically secure under the decisional composite
-  residuosity assumption, with DJN short-exponent randomisers), their sizes, and which clients
-  answered. It never sees an update nor the aggregate: it multiplies ciphertexts and sends the
-  encrypted sum back to the key holders, who alone learn it (``learned_by = "clients"``).
+  residuosity assumption, with DJN short-exponent randomisers that the key holders derive from
+  the private key and a fresh per-message nonce, see :mod:`crypto.paillier.holder`), their
+  sizes, the nonces, and which clients answered. It never sees an update nor the aggregate:
+  it multiplies ciphertexts and sends the encrypted sum back to the key holders, who alone
+  learn it (``learned_by = "clients"``).
 * Collusion: because all clients share the private key, ANY single client colluding with the
   server decrypts every other client's individual update (the server holds their ciphertexts).
   Only a server that colludes with no client is kept blind.
@@ -34,9 +36,12 @@ refused with :class:`~crypto.errors.EncodingError` before anything is encrypted.
 
 Wire (sessions in :mod:`crypto.paillier.sessions`; after the :mod:`crypto.core.wire` header):
 stage 0 server -> client: 16-byte digest of the key and encoding options. Stage 0 client ->
-server: the ciphertexts, ``2 * bytes(n)`` each, big-endian (about ``512 / floor(2047 /
-slot_bits)`` bytes per parameter with a 2048-bit key). Stage 1 server -> each contributor
-(final): ``uint32`` count, that many ``uint32`` client ids, then the aggregated ciphertexts.
+server: a 16-byte randomiser nonce, then the ciphertexts, ``2 * bytes(n)`` each, big-endian
+(about ``512 / floor(2047 / slot_bits)`` bytes per parameter with a 2048-bit key). Stage 1
+server -> each contributor (final): ``uint32`` count, that many ``uint32`` client ids, their
+16-byte nonces in the same order, then the aggregated ciphertexts. Key holders decrypt the
+product with the contributors' randomisers (no ``(p - 1)``-bit exponentiation); a product that
+does not match the listed contributors is refused.
 """
 
 from __future__ import annotations
@@ -59,7 +64,6 @@ from ..core.protocol import (
 )
 from ..core.registry import register
 from ..errors import KeyMaterialError, ParameterError
-from . import math as pm
 from .keys import (
     MIN_KEY_BITS,
     SUBDIR,
@@ -130,7 +134,6 @@ class PaillierProtocol(Protocol):
         self.workers = int(workers)
         self._public_bytes: bytes | None = None
         self._private: PrivateKey | None = None
-        self._base: pm.DJNBase | None = None
 
     def setup(self, *, job_id: str, key_dir: Path | None = None) -> None:
         """Load the job's keys from ``key_dir/paillier`` or generate and write them there.
@@ -175,7 +178,7 @@ class PaillierProtocol(Protocol):
             log.info(
                 "using the existing %d-bit paillier key (key_bits=%d)", public.bits, self.key_bits
             )
-        self._public_bytes, self._private, self._base = public_bytes, private, None
+        self._public_bytes, self._private = public_bytes, private
 
     def client_session(
         self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float
@@ -185,15 +188,12 @@ class PaillierProtocol(Protocol):
                 "this party holds no paillier private key: clients need key_dir/paillier/"
                 "private.key (run setup, or copy the client's key files)"
             )
-        if self._base is None:
-            self._base = pm.djn_base(n=self._private.public.n)
         return PaillierClient(
             spec,
             client_id,
             vector,
             weight,
             private=self._private,
-            base=self._base,
             quantiser=self.quantiser,
             workers=self.workers,
             keyring=self.keyring,

@@ -40,6 +40,7 @@ from ..core.packing import (
 )
 from ..core.protocol import Aggregate, ClientSession, RoundSpec, ServerSession, ServerStep
 from ..errors import DropoutError, ProtocolError
+from . import holder
 from . import math as pm
 from .keys import PrivateKey, PublicKey
 
@@ -47,7 +48,8 @@ NAME = "paillier"
 STAGES = ("encrypted input", "aggregate")
 CHECK_SLOTS = 3
 _U32 = struct.Struct("!I")
-_STATEMENT = struct.Struct("!I32s64s")
+NONCE = holder.NONCE_BYTES
+_STATEMENT = struct.Struct(f"!I{NONCE}s32s64s")  # client, nonce, SHA-256(nonce||cipher), sig
 
 
 def contribution_statement(binding: bytes, client: int, cipher_hash: bytes) -> bytes:
@@ -92,13 +94,12 @@ class PaillierClient(ClientSession):
         weight: float,
         *,
         private: PrivateKey,
-        base: pm.DJNBase,
         quantiser: Quantiser,
         workers: int,
         keyring: Keyring | None,
     ):
         super().__init__(spec, client_id, vector, weight)
-        self._private, self._base, self._quantiser = private, base, quantiser
+        self._private, self._quantiser = private, quantiser
         self._public = private.public
         self._workers = workers
         self._layout = _layout(spec, self._public, quantiser)
@@ -137,10 +138,13 @@ class PaillierClient(ClientSession):
         binding = self._channel.binding
         checks = check_terms(self._private, binding, self.client_id, self._quantiser.term_max)
         terms = np.concatenate([self._terms, np.array(checks, dtype=np.uint64)])
-        cipher = pm.encrypt_blob(
+        cipher = holder.encrypt_message(  # the 16-byte randomiser nonce, then ciphertexts
             pack(terms, layout=self._layout),
-            base=self._base,
+            p=self._private.p,
+            q=self._private.q,
             plain_width=self._layout.plaintext_bytes,
+            session_id=self.spec.session_id,
+            sender=self.client_id,
             workers=self._workers,
         )
         self._terms, self._stage = None, 1
@@ -150,7 +154,7 @@ class PaillierClient(ClientSession):
 
     def _decode(self, message: bytes) -> None:
         body = self._channel.open(message, stage=1, sender=wire.SERVER)
-        ids, statements, cipher = _parse_final(body, self.spec, self._layout, self._public)
+        ids, nonces, statements, cipher = _parse_final(body, self.spec, self._layout, self._public)
         if self.client_id not in ids:
             raise ProtocolError(
                 f"the aggregate sent to client {self.client_id} excludes it: refusing to decode "
@@ -162,11 +166,14 @@ class PaillierClient(ClientSession):
                 cid, sig, contribution_statement(binding, cid, digest_),
                 what=f"contribution of client {cid} listed in the aggregate",
             )  # fmt: skip
-        plain = pm.decrypt_blob(
+        plain = holder.decrypt_product(
             cipher,
             p=self._private.p,
             q=self._private.q,
             plain_width=self._layout.plaintext_bytes,
+            session_id=self.spec.session_id,
+            senders=ids,
+            nonces=nonces,
             workers=self._workers,
         )
         sums = unpack(plain, layout=self._layout)
@@ -221,21 +228,22 @@ class PaillierServer(ServerSession):
             replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
         )
         width = self._public.ciphertext_bytes
-        expected = self._layout.plaintexts * width + 64
+        expected = NONCE + self._layout.plaintexts * width + 64
         parts, rows = [], []
         for cid, body in bodies.items():
             try:
                 if len(body) != expected:
                     raise ProtocolError(
                         f"client {cid} sent {len(body)} payload bytes, expected {expected} "
-                        f"({self._layout.plaintexts} ciphertexts of {width} bytes, signature)"
+                        f"(a {NONCE}-byte nonce, {self._layout.plaintexts} ciphertexts of "
+                        f"{width} bytes, signature)"
                     )
                 cipher, sig = body[:-64], body[-64:]
-                parts.append(pm.parse_ciphertexts(cipher, n=self._public.n, width=width))
+                parts.append(pm.parse_ciphertexts(cipher[NONCE:], n=self._public.n, width=width))
             except ProtocolError as err:
                 self.refused[cid] = f"client {cid}: {err}"
                 continue
-            rows.append(_STATEMENT.pack(cid, hashlib.sha256(cipher).digest(), sig))
+            rows.append(_STATEMENT.pack(cid, cipher[:NONCE], hashlib.sha256(cipher).digest(), sig))
         if not parts:
             raise DropoutError("no valid encrypted input: every client dropped out")
         total = pm.ciphertext_product(parts, n=self._public.n, width=width)
@@ -248,7 +256,8 @@ class PaillierServer(ServerSession):
 
 def _parse_final(
     body: bytes, spec: RoundSpec, layout: SlotLayout, public: PublicKey
-) -> tuple[tuple[int, ...], list[tuple[bytes, bytes]], bytes]:
+) -> tuple[tuple[int, ...], tuple[bytes, ...], list[tuple[bytes, bytes]], bytes]:
+    """Contributor ids, their randomiser nonces, their signed statements, the product."""
     if len(body) < _U32.size:
         raise ProtocolError("final message is truncated: no contributor count")
     (count,) = _U32.unpack_from(body)
@@ -263,4 +272,5 @@ def _parse_final(
     ids = tuple(int(r[0]) for r in rows)
     if list(ids) != sorted(set(ids)) or not set(ids) <= set(spec.cohort):
         raise ProtocolError(f"contributor list {ids} is not a sorted subset of the cohort")
-    return ids, [(bytes(r[1]), bytes(r[2])) for r in rows], body[head:]
+    nonces = tuple(bytes(r[1]) for r in rows)
+    return ids, nonces, [(bytes(r[2]), bytes(r[3])) for r in rows], body[head:]

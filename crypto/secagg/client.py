@@ -8,18 +8,16 @@ import secrets
 import struct
 from typing import Any
 
-import numpy as np
 from numpy.typing import NDArray
 
 from ..core import keyagreement as ka
 from ..core import shamir, wire
 from ..core.channel import Channel
 from ..core.identity import Keyring
-from ..core.masking import apply_masks
 from ..core.protocol import ClientSession, RoundSpec
 from ..errors import DropoutError, EncodingError, ProtocolError
 from . import messages as msg
-from .encoding import RoundParams, encode_into, encode_weight, pack
+from .encoding import RoundParams, encode_weight, masked_payload
 from .graph import Graph
 
 log = logging.getLogger(__name__)
@@ -214,14 +212,18 @@ class SecAggClient(ClientSession):
                 second=max(me, pid),
             )
             (plus if me < pid else minus).append(seed)
-        p = self._params
-        acc = np.empty(p.words, dtype=np.uint32)
-        encode_into(acc, self.vector, weight=self.weight, params=p)
-        tail = (self._weight_fixed + apply_masks(acc, add=plus, subtract=minus)) & _U64
+        payload = masked_payload(
+            self.vector,
+            weight=self.weight,
+            weight_fixed=self._weight_fixed,
+            params=self._params,
+            add=plus,
+            subtract=minus,
+        )
         # Secrets no longer needed: keep only the shares held for others.
         self._b_seed, self._c_shared = b"", {}
         del self._c_key, self._s_key
-        return tail.to_bytes(8, "little") + pack(acc, bits=p.modulus_bits)
+        return payload
 
     # -- stage 3: consistency check -----------------------------------------------------
     def _survivors(self, ids: list[int]) -> list[int]:

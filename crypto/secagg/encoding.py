@@ -16,6 +16,7 @@ more than 32 bits raises :class:`~crypto.errors.EncodingError`. Each coordinate 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -23,6 +24,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..core import fixedpoint
+from ..core.masking import MaskStream
 from ..errors import EncodingError, ParameterError, ProtocolError
 from .graph import GraphParams, complete_params, sparse_params
 
@@ -171,6 +173,47 @@ def encode_into(
         np.rint(part, out=part)
         signed[start:stop] = part
     out[dim:] = 0
+
+
+def masked_payload(
+    vector: NDArray[np.floating],
+    *,
+    weight: float,
+    weight_fixed: int,
+    params: RoundParams,
+    add: Sequence[bytes],
+    subtract: Sequence[bytes],
+) -> bytes:
+    """``uint64 tail || packed masked words``, encoded, masked and packed a block at a time.
+
+    Same bytes as :func:`encode_into` + :func:`~crypto.core.masking.apply_masks` +
+    :func:`pack`, but the only vector-sized allocation is the payload itself
+    (``params.packed_bytes``), so a client needs its update plus about one packed copy.
+    """
+    dim, words, bits = params.dim, params.words, params.modulus_bits
+    factor = np.float64(weight * params.scale)
+    limit = weight * params.clip * params.scale
+    masks = MaskStream(add=add, subtract=subtract)
+    out = bytearray(8 + params.packed_bytes)
+    block = np.empty(min(_BLOCK, words), dtype=np.uint32)
+    work = np.empty(block.shape[0], dtype=np.float64)
+    at = 8
+    for start in range(0, words, _BLOCK):
+        stop = min(words, start + _BLOCK)
+        part, real = block[: stop - start], max(0, min(dim, stop) - start)
+        tmp = work[:real]
+        np.multiply(vector[start : start + real], factor, out=tmp)
+        np.clip(tmp, -limit, limit, out=tmp)
+        np.rint(tmp, out=tmp)
+        part.view(np.int32)[:real] = tmp
+        part[real:] = 0
+        masks.apply(part)
+        packed = pack(part, bits=bits)
+        out[at : at + len(packed)] = packed
+        at += len(packed)
+    tail = (weight_fixed + masks.tail()) & 0xFFFFFFFFFFFFFFFF
+    out[:8] = tail.to_bytes(8, "little")
+    return bytes(out)
 
 
 def decode_sum(residues: NDArray[np.uint32], *, params: RoundParams) -> NDArray[np.float64]:

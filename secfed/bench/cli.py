@@ -98,6 +98,10 @@ def bench(
         float, typer.Option(help="Cap timed repetitions of a point at about this many seconds.")
     ] = 600.0,
     e2e: Annotated[bool, typer.Option(help="Also run the default job once per protocol.")] = False,
+    memory: Annotated[
+        bool,
+        typer.Option(help="Per-party peak RSS: one more round, client 0 and server in processes."),
+    ] = True,
 ) -> None:
     """Measure the crypto overhead of every aggregation protocol (and its peers)."""
     import crypto
@@ -130,6 +134,7 @@ def bench(
             baselines=baselines,
             point_budget_s=point_budget,
             caps=_parse_caps(cap or []),
+            memory=memory,
         )
         if any(c < 2 for c in cfg.clients):
             raise SecfedError(f"--clients needs cohorts of at least 2, got {list(cfg.clients)}")
@@ -184,7 +189,9 @@ def bench(
         "machine": f"{platform.machine()} {platform.processor()} cpus={os.cpu_count()}",
         "python": platform.python_version(),
         "timing": "medians over repeats after one warm-up; seconds and bytes per client",
-        "memory": "peak_mem_bytes: tracemalloc peak of the warm-up round (all parties)",
+        "memory": "peak_mem_bytes: tracemalloc peak of the warm-up round (all parties); "
+        "peak_rss_bytes: per party (client 0, server) ru_maxrss of its own process in one "
+        "more round; rss_over_update: that peak above the post-import baseline / (4 * params)",
         "e2e": "records with kind 'e2e': examples/default.toml once per protocol",
         "protocols": {n: _quick_opts(cfg, n) for n in names},
     }

@@ -20,6 +20,9 @@ Dropouts: a warm-up round without dropouts counts the stages at which clients re
 Memory: ``peak_mem_bytes`` is tracemalloc's peak over the warm-up round (all parties in
 one process; Python and numpy allocations, not native buffers of gmpy2 or SEAL);
 ``rss_max_bytes`` is the process's ``ru_maxrss`` high-water mark after the point.
+``peak_rss_bytes`` (per party: ``client``, ``server``) comes from one more round with client 0
+and the server in their own processes (:mod:`secfed.bench.memory`); ``rss_over_update`` is
+each party's peak above its post-import baseline over the float32 update size.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import resource
 import sys
 import time
 import tracemalloc
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -39,6 +42,9 @@ import crypto
 from .workload import Point, exact_sum, synthetic_updates
 
 _NEVER = 1 << 30
+
+#: ``probe(vectors, weights) -> {party: {"peak_rss_bytes": .., "over_update": ..}}``.
+MemoryProbe = Callable[[Mapping[int, Any], Mapping[int, float]], dict[str, dict[str, float]]]
 
 
 @dataclass
@@ -152,6 +158,8 @@ class BenchRecord:
     weight_error: float = float("nan")
     peak_mem_bytes: float = float("nan")
     rss_max_bytes: float = float("nan")
+    peak_rss_bytes: dict[str, float] = field(default_factory=dict)
+    rss_over_update: dict[str, float] = field(default_factory=dict)
     setup_s: float = float("nan")
     reply_stages: int = 0
     drop_stage: int = -1
@@ -166,6 +174,9 @@ class BenchRecord:
         """Flat dict: spread fields become ``<metric>_iqr``/``_min``/``_max`` columns."""
         data = asdict(self)
         data.update(data.pop("spread"))
+        for name in ("peak_rss_bytes", "rss_over_update"):
+            for party, value in data[name].items():
+                data[f"{name}_{party}"] = value
         return data
 
 
@@ -192,6 +203,7 @@ def measure_point(
     point_budget_s: float = 600.0,
     insecure: bool = False,
     job_id: str = "secfed-bench",
+    memory_probe: MemoryProbe | None = None,
 ) -> BenchRecord:
     """Warm-up round (memory, stage count), then up to ``repeats`` timed rounds.
 
@@ -253,4 +265,8 @@ def measure_point(
     rec.bytes_down = float(np.median([last.bytes_down[c] for c in survivors]))
     rec.expansion = rec.bytes_up / (4.0 * point.params)
     rec.rss_max_bytes = _rss_bytes()
+    if memory_probe is not None:
+        parties = memory_probe(vectors, weights)
+        rec.peak_rss_bytes = {k: v["peak_rss_bytes"] for k, v in parties.items()}
+        rec.rss_over_update = {k: v["over_update"] for k, v in parties.items()}
     return rec

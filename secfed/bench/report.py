@@ -29,6 +29,10 @@ CORE_FIELDS = (
     "max_abs_error",
     "error_bound",
     "peak_mem_bytes",
+    "peak_rss_bytes_client",
+    "peak_rss_bytes_server",
+    "rss_over_update_client",
+    "rss_over_update_server",
 )
 
 
@@ -59,7 +63,7 @@ def _label(r: dict[str, Any]) -> str:
 def _row(r: dict[str, Any]) -> list[str]:
     head = [_label(r), f"{r['params']:,}", str(r["clients"]), str(r["dropouts"])]
     if r.get("error"):
-        return [*head, *(["-"] * 6), str(r["error"])]
+        return [*head, *(["-"] * 9), str(r["error"])]
     return [
         *head,
         _num(r.get("encode_s"), ".3g"),
@@ -69,6 +73,9 @@ def _row(r: dict[str, Any]) -> list[str]:
         _num(r.get("expansion"), ".2f"),
         _num(r.get("max_abs_error"), ".1e"),
         _num(r.get("error_bound"), ".1e"),
+        _size(r.get("peak_rss_bytes_client")),
+        _num(r.get("rss_over_update_client"), ".2f"),
+        _size(r.get("peak_rss_bytes_server")),
     ]
 
 
@@ -97,6 +104,9 @@ HEADERS = (
     "x float32",
     "max abs err",
     "bound",
+    "client RSS",
+    "client RSS-base / f32",
+    "server RSS",
 )
 
 
@@ -158,18 +168,22 @@ def write_csv(path: Path, records: Sequence[dict[str, Any]]) -> None:
 
 
 def write_plot(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Client encode time, server time and upload bytes vs parameters, log-log, per protocol."""
+    """Client encode time, server time, upload bytes and per-party peak RSS vs parameters."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = (
+    panels: tuple[tuple[str, str], ...] = (
         ("encode_s", "client encode s (max over clients)"),
         ("aggregate_s", "server aggregate s"),
         ("bytes_up", "bytes up per client"),
+        ("peak_rss_bytes_client", "client peak RSS bytes (own process)"),
+        ("peak_rss_bytes_server", "server peak RSS bytes (own process)"),
     )
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2))
+    panels = tuple(p for p in panels if any(_clean(r.get(p[0])) for r in records))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.2), squeeze=False)
+    axes = axes[0]
     groups: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
     for r in records:
         if r.get("error"):

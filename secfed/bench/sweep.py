@@ -14,7 +14,8 @@ from typing import Any
 import crypto
 
 from . import baselines
-from .measure import BenchRecord, measure_point
+from .measure import BenchRecord, MemoryProbe, measure_point
+from .memory import party_peaks
 from .workload import Point, sweep_points
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class SweepConfig:
     decode_clients: int = 2
     point_budget_s: float = 600.0
     caps: Mapping[str, int] = field(default_factory=dict)
+    memory: bool = True
 
     def points(self) -> list[Point]:
         return sweep_points(self.protocols, self.params, self.clients, self.dropouts)
@@ -90,6 +92,21 @@ def run_baseline(name: str, params: int, clients: int) -> BenchRecord:
         return rec
 
 
+def _probe(proto: crypto.Protocol, name: str, opts: dict[str, Any], key_dir: Path) -> MemoryProbe:
+    def probe(vectors: Mapping[int, Any], weights: Mapping[int, float]) -> Any:
+        return party_peaks(
+            proto,
+            name=name,
+            options=opts,
+            key_dir=key_dir,
+            job_id="secfed-bench",
+            vectors=vectors,
+            weights=weights,
+        )
+
+    return probe
+
+
 def run_sweep(cfg: SweepConfig, *, advance: Progress | None = None) -> list[dict[str, Any]]:
     """Measure every point, then the baselines; ``advance(label)`` after each one."""
     records: list[dict[str, Any]] = []
@@ -101,6 +118,7 @@ def run_sweep(cfg: SweepConfig, *, advance: Progress | None = None) -> list[dict
         for name, points in by_protocol.items():
             proto: crypto.Protocol | None = None
             setup_s, failure, insecure = math.nan, "", False
+            opts: dict[str, Any] = {}
             try:
                 opts, insecure = protocol_options(cfg, name)
                 proto = crypto.create_protocol(name, **opts)
@@ -119,6 +137,7 @@ def run_sweep(cfg: SweepConfig, *, advance: Progress | None = None) -> list[dict
                     rec = BenchRecord(name, point.params, point.clients, point.dropouts)
                     rec.error = failure
                 else:
+                    probe = _probe(proto, name, opts, Path(keys) / name) if cfg.memory else None
                     try:
                         rec = measure_point(
                             proto,
@@ -127,6 +146,7 @@ def run_sweep(cfg: SweepConfig, *, advance: Progress | None = None) -> list[dict
                             decode_clients=cfg.decode_clients,
                             point_budget_s=cfg.point_budget_s,
                             insecure=insecure,
+                            memory_probe=probe,
                         )
                     except Exception as err:
                         log.exception("protocol %s failed at %s", name, point)

@@ -97,9 +97,10 @@ def test_round_with_real_2048_bit_key(tmp_path, key2048):
     assert agg.learned_by == "clients" and agg.total_weight == 261.5
     assert np.max(np.abs(agg.weighted_sum - want)) <= agg.error_bound
     # 3 parties x term_max 2**17 -> 19-bit slots, 107 per 2047-bit plaintext: 300 values and
-    # 2 weight and 3 check slots take 3 ciphertexts of 512 bytes, plus the wire header and the
-    # 64-byte contribution signature; nothing else (unauthenticated here: no frame signature).
-    assert all(up == HEADER_SIZE + 3 * 512 + 64 for up in outcome.traffic.bytes_up.values())
+    # 2 weight and 3 check slots take 3 ciphertexts of 512 bytes, plus the wire header, the
+    # 16-byte randomiser nonce and the 64-byte contribution signature; nothing else
+    # (unauthenticated here: no frame signature).
+    assert all(up == HEADER_SIZE + 16 + 3 * 512 + 64 for up in outcome.traffic.bytes_up.values())
 
 
 def test_parallel_workers_agree_with_in_process(key2048):
@@ -293,3 +294,91 @@ def test_private_key_with_composite_factors_refused_at_load(tmp_path):
     proto = create_protocol("paillier", insecure_key_bits=512, workers=1)
     with pytest.raises(KeyMaterialError, match="not prime"):
         proto.setup(job_id="j", key_dir=tmp_path)
+
+
+# -- key-holder encryption (CRT, derived randomisers) -----------------------------------------
+def _holder_messages(key: PrivateKey, plains: list[bytes], *, sid: bytes, workers: int = 1):
+    from crypto.paillier import holder
+
+    return [
+        holder.encrypt_message(
+            m, p=key.p, q=key.q, plain_width=255, session_id=sid, sender=i, workers=workers
+        )
+        for i, m in enumerate(plains)
+    ]
+
+
+def test_holder_ciphertexts_are_plain_paillier_for_phe(key2048):
+    _, phe_priv = _phe_keys(key2048)
+    plains = [os.urandom(255 * 3) for _ in range(2)]
+    msgs = _holder_messages(key2048, plains, sid=b"x" * 16)
+    for plain, msg in zip(plains, msgs, strict=True):
+        assert len(msg) == 16 + 3 * 512
+        for j in range(3):
+            c = int.from_bytes(msg[16 + 512 * j : 16 + 512 * (j + 1)], "big")
+            assert phe_priv.raw_decrypt(c) == int.from_bytes(plain[255 * j : 255 * (j + 1)], "big")
+    # Same plaintext, same session and sender: fresh nonce, so nothing repeats.
+    again = _holder_messages(key2048, plains[:1], sid=b"x" * 16)[0]
+    assert again[:16] != msgs[0][:16] and again[16:528] != msgs[0][16:528]
+
+
+def test_holder_decrypts_products_and_refuses_mismatched_contributors(key2048):
+    from crypto.paillier import holder
+
+    n, sid = key2048.public.n, b"s" * 16
+    plains = [os.urandom(255 * 4) for _ in range(3)]
+    msgs = _holder_messages(key2048, plains, sid=sid)
+    parts = [pm.parse_ciphertexts(m[16:], n=n, width=512) for m in msgs]
+    product = pm.ciphertext_product(parts, n=n, width=512)
+    holder._CTX.clear()  # another key holder derives everything afresh from p and q
+    kwargs = {"p": key2048.p, "q": key2048.q, "plain_width": 256}
+    out = holder.decrypt_product(
+        product,
+        session_id=sid,
+        senders=[0, 1, 2],
+        nonces=[m[:16] for m in msgs],
+        workers=1,
+        **kwargs,
+    )
+    _, phe_priv = _phe_keys(key2048)
+    for j in range(4):
+        want = sum(int.from_bytes(p[255 * j : 255 * (j + 1)], "big") for p in plains)
+        assert int.from_bytes(out[256 * j : 256 * (j + 1)], "big") == want
+        assert phe_priv.raw_decrypt(int.from_bytes(product[512 * j : 512 * (j + 1)], "big")) == want
+    two = holder.decrypt_product(
+        product,
+        session_id=sid,
+        senders=[0, 1, 2],
+        nonces=[m[:16] for m in msgs],
+        workers=2,
+        **kwargs,
+    )
+    assert two == out
+    bad = [
+        ([0, 1], [m[:16] for m in msgs[:2]], sid),  # a contribution not listed
+        ([0, 1, 2], [msgs[1][:16], msgs[0][:16], msgs[2][:16]], sid),  # nonces swapped
+        ([0, 1, 2], [m[:16] for m in msgs], b"t" * 16),  # another session
+    ]
+    for senders, nonces, session in bad:
+        with pytest.raises(ProtocolError, match="randomisers"):
+            holder.decrypt_product(
+                product, session_id=session, senders=senders, nonces=nonces, workers=1, **kwargs
+            )
+
+
+def test_final_message_with_a_forged_nonce_is_refused():
+    proto = small_protocol()
+    proto.setup(job_id="nonce", key_dir=None)
+    spec = RoundSpec("nonce", 1, (1, 2), 10)
+    rng = np.random.default_rng(3)
+    server = proto.server_session(spec)
+    clients = {c: proto.client_session(spec, c, rng.uniform(-1, 1, 10), 1.0) for c in (1, 2)}
+    hello = server.start()
+    step = server.advance({c: clients[c].handle(hello[c]) for c in (1, 2)})
+    msg = bytearray(step.messages[1])
+    nonce_at = HEADER_SIZE + 4 * 2  # count, the first id, then its nonce
+    msg[nonce_at] ^= 1
+    with pytest.raises(ProtocolError, match="randomisers"):
+        clients[1].handle(bytes(msg))
+    clients[2].handle(step.messages[2])
+    assert clients[2].aggregate() is not None

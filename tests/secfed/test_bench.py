@@ -99,7 +99,7 @@ def test_ferry_counts_the_same_bytes_as_the_driver(name: str, tmp_path: Path) ->
 
 
 def test_sweep_outputs_are_written_and_load_back(tmp_path: Path) -> None:
-    cfg = SweepConfig(["plain"], [100, 1000], [2], [0, 1], repeats=1, baselines=False)
+    cfg = SweepConfig(["plain"], [100, 1000], [2], [0, 1], repeats=1, baselines=False, memory=False)
     labels: list[str] = []
     records = run_sweep(cfg, advance=labels.append)
     assert len(records) == len(labels) == 4
@@ -164,7 +164,8 @@ def test_cli_tiny_sweep(tmp_path: Path) -> None:
         app,
         [
             "--protocols", "plain", "--params", "200,500", "--clients", "2", "--repeats", "1",
-            "--no-baselines", "--json", str(out / "r.json"), "--csv", str(out / "r.csv"),
+            "--no-baselines", "--no-memory", "--json", str(out / "r.json"),
+            "--csv", str(out / "r.csv"),
             "--plot", str(out / "p.png"),
         ],
     )  # fmt: skip
@@ -186,7 +187,9 @@ def test_e2e_default_job_plain() -> None:
 
 
 def test_cap_skips_large_points_with_a_reason() -> None:
-    cfg = SweepConfig(["plain"], [10, 50], [2], [0], repeats=1, baselines=False, caps={"plain": 20})
+    cfg = SweepConfig(
+        ["plain"], [10, 50], [2], [0], repeats=1, baselines=False, caps={"plain": 20}, memory=False
+    )
     small, big = run_sweep(cfg)
     assert small["error"] == "" and small["bytes_up"] > 0
     assert big["error"] == "skipped: above --cap plain=20"
@@ -209,3 +212,27 @@ def test_cli_adapter_config_uses_the_jobs_adapter_size(tmp_path: Path) -> None:
     (rec,) = report.read_json(tmp_path / "r.json")
     expected = models.adapter_size(build_parts(load_config(DEFAULT_JOB)).model)
     assert rec["params"] == expected and rec["bytes_up"] == wire.HEADER_SIZE + 8 + 4 * expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["plain", "secagg+"])
+def test_memory_probe_measures_each_party_in_its_own_process(name: str, tmp_path: Path) -> None:
+    """A client holds at least its update (lower bound, independent of the probe) and, for
+    the masking protocols, at most 3x its float32 size above the post-import baseline."""
+    from secfed.bench.memory import party_peaks
+    from secfed.bench.workload import synthetic_updates
+
+    dim = 2_000_000
+    vectors, weights = synthetic_updates(params=dim, clients=3)
+    proto = crypto.create_protocol(name)
+    proto.setup(job_id="probe", key_dir=tmp_path)
+    peaks = party_peaks(
+        proto, name=name, options={}, key_dir=tmp_path, job_id="probe",
+        vectors=vectors, weights=weights,
+    )  # fmt: skip
+    client, server = peaks["client"], peaks["server"]
+    assert client["above_baseline_bytes"] >= 4 * dim  # it received and kept its update
+    assert client["over_update"] <= 3.0
+    # The server held the other clients' replies (at least 2 of 3 uploads) at once.
+    assert server["above_baseline_bytes"] >= 2 * 2 * dim
+    assert client["peak_rss_bytes"] < 4 * dim + 1e9  # its own process, not the bench's

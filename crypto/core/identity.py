@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..errors import KeyMaterialError
+from .keyfiles import write_owner_only
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +147,10 @@ def generate(parties: Iterable[int]) -> Keyring:
 def save(keyring: Keyring, directory: Path) -> None:
     """Write the roster and every held private key (owner-only) into ``directory``."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    _write_owner_only(directory / ROSTER_FILE, keyring.roster.to_bytes())
+    write_owner_only(directory / ROSTER_FILE, keyring.roster.to_bytes())
     for party, key in keyring.signers.items():
         raw = key.private_bytes_raw()
-        _write_owner_only(directory / f"party-{party}.key", raw.hex().encode())
+        write_owner_only(directory / f"party-{party}.key", raw.hex().encode())
 
 
 def load(directory: Path) -> Keyring | None:
@@ -191,17 +191,3 @@ def load_or_create(directory: Path, parties: Iterable[int]) -> Keyring:
     save(ring, directory)
     log.info("made identities for %d parties in %s", len(ring.signers), directory)
     return ring
-
-
-def _write_owner_only(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import gmpy2
 from phe import paillier as phe_paillier
 
+from ..core.keyfiles import write_owner_only
 from ..errors import KeyMaterialError
 
 log = logging.getLogger(__name__)
@@ -164,18 +164,7 @@ def load_keys(directory: Path) -> tuple[bytes, PrivateKey | None] | None:
 
 
 def _write_owner_only(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_owner_only(path, data)
     log.info("wrote %s (mode 0600)", path)
 
 

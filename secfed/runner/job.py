@@ -26,23 +26,22 @@ from .. import training
 from ..assembly import JobParts, build_parts
 from ..checkpoint import JobState, load_checkpoint, save_checkpoint
 from ..config import ExperimentConfig, load_config
-from ..dpo import dpo_summary, evaluate_dpo
+from ..dpo import evaluate_dpo
 from ..errors import ConfigError, ResumeError
 from ..job_dp import (
     SampleLevelDP,
     UserLevelDP,
-    dp_threat,
     privacy_fields,
-    privacy_summary,
     protocol_options,
 )
 from ..keydir import check_job_key_dir
 from ..plugins import TrainingPlugin, build_plugins
 from ..progress import ProgressCallback, ProgressEvent, emit
-from ..rundir import RunDir, write_json_atomic
+from ..rundir import RunDir
 from ..sft import evaluate_sft
 from ..strategies import Strategy, create_strategy
 from .local import ClientResult, LocalTraining, derive_seed
+from .outputs import JobOutputs
 from .record import MODEL_BYTES_PER_PARAM, RoundClock, round_record, skipped_record
 
 log = logging.getLogger(__name__)
@@ -50,13 +49,13 @@ log = logging.getLogger(__name__)
 RoundCallback = Callable[[dict[str, Any]], None]
 
 
-class FederatedRunner(LocalTraining):
+class FederatedRunner(LocalTraining, JobOutputs):
     """Runs (or resumes) one job in-process.
 
     Reading order: lifecycle (``start``/``resume``/``run``), then one round
     (:meth:`run_round`: sample -> train -> aggregate -> apply strategy -> evaluate -> record ->
-    checkpoint), then the end-of-job outputs. Client-side training is in
-    :class:`~secfed.runner.local.LocalTraining`, the record's fields in :mod:`.record`.
+    checkpoint). Client-side training is in :class:`~secfed.runner.local.LocalTraining`, the
+    record's fields in :mod:`.record`, the end-of-job outputs in :mod:`.outputs`.
     """
 
     # In-process, this one process acts as every party: it makes the job's roster and every
@@ -386,55 +385,3 @@ class FederatedRunner(LocalTraining):
         if acc is not None and loss is not None:
             log.info("round %d: accuracy %.4f loss %.4f", round_, acc, loss)
         return record
-
-    # -- end of job ------------------------------------------------------------------------
-    def privacy_summary(self) -> dict[str, Any]:
-        """The privacy report: mechanisms, accountant, spend per client, threat model."""
-        return privacy_summary(
-            self.cfg, self.sample_dp, self.user_dp, rounds=self.state.round,
-            threat_model=self.threat_report(),
-        )  # fmt: skip
-
-    def threat_report(self) -> dict[str, Any]:
-        """What the run protects: protocol threat model plus the DP level."""
-        tm = self.protocol.threat_model().as_dict()
-        tm["dp"] = dp_threat(self.cfg, self.user_dp)
-        tm["max_dropouts_per_round"] = self.protocol.max_dropouts(self.cfg.federation.clients)
-        return tm
-
-    def finish(self) -> dict[str, Any]:
-        """Save the final adapter and base model, and write ``summary.json``."""
-        models.load_adapter_vector(self.parts.model, self.state.global_vector.astype(np.float32))
-        models.save_adapter(self.parts.model, self.dir.adapter)
-        if not self.dir.base_model.exists():
-            models.save_base_model(self.parts.model, self.parts.tokenizer, self.dir.base_model)
-        rows = self.dir.read_metrics()
-        last = rows[-1] if rows else {}
-        summary: dict[str, Any] = {
-            "name": self.cfg.name,
-            "rounds": self.state.round,
-            "accuracy": last.get("accuracy"),
-            "loss": last.get("loss"),
-            "protocol": self.cfg.aggregation.protocol,
-            "strategy": self.cfg.federation.strategy,
-            "adapter": self.cfg.adapter.method,
-            "adapter_parameters": self.dim,
-            "seconds": sum(r.get("seconds", 0.0) for r in rows),
-            "bytes_up_per_round": float(np.mean([r["bytes_up"] for r in rows])) if rows else 0.0,
-            "threat_model": self.protocol.threat_model().as_dict(),
-        }
-        if self.stopped_early:
-            summary["stopped_early"] = self.stopped_early
-        if self.cfg.model.task == "dpo":
-            summary["dpo"] = dpo_summary(rows)
-        summary["privacy"] = self.privacy_summary()
-        write_json_atomic(self.dir.root / "privacy_report.json", summary["privacy"])
-        for plugin in self.plugins:
-            summary[plugin.name] = plugin.finish(run_dir=self.dir.root, model=self.parts.model)
-        if self.cfg.federation.baseline == "local":
-            from ..compare import local_baseline
-
-            summary["comparison"] = local_baseline(self)
-            write_json_atomic(self.dir.root / "comparison.json", summary["comparison"])
-        write_json_atomic(self.dir.summary, summary)
-        return summary

@@ -37,11 +37,13 @@ refused with :class:`~crypto.errors.EncodingError` before anything is encrypted.
 Wire (sessions in :mod:`crypto.paillier.sessions`; after the :mod:`crypto.core.wire` header):
 stage 0 server -> client: 16-byte digest of the key and encoding options. Stage 0 client ->
 server: a 16-byte randomiser nonce, then the ciphertexts, ``2 * bytes(n)`` each, big-endian
-(about ``512 / floor(2047 / slot_bits)`` bytes per parameter with a 2048-bit key). Stage 1
-server -> each contributor (final): ``uint32`` count, that many ``uint32`` client ids, their
-16-byte nonces in the same order, then the aggregated ciphertexts. Key holders decrypt the
-product with the contributors' randomisers (no ``(p - 1)``-bit exponentiation); a product that
-does not match the listed contributors is refused.
+(about ``512 / floor(2047 / slot_bits)`` bytes per parameter with a 2048-bit key), then the
+client's 64-byte signature over (attempt, id, SHA-256 of nonce and ciphertexts). Stage 1
+server -> each contributor (final): ``uint32`` count, one row per contributor (``uint32`` id,
+its nonce, its SHA-256, its signature) in ascending id order, then the aggregated
+ciphertexts. Key holders check every listed signature and their own membership, decrypt the
+product with the contributors' randomisers (no ``(p - 1)``-bit exponentiation; a product
+that does not match the listed nonces is refused) and check the keyed check slots.
 """
 
 from __future__ import annotations

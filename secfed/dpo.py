@@ -23,7 +23,6 @@ a near miss (one symbol wrong, or the answer of a neighbouring operation).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from transformers import PreTrainedTokenizerBase
 import models
 
 from .errors import DataError
-from .sft import IGNORE, OPERATIONS, SYMBOLS, _answer, encode_sft, token_losses
+from .sft import IGNORE, OPERATIONS, SYMBOLS, _answer, encode_sft, read_json_rows, token_losses
 
 PreferenceRecord = tuple[str, str, str]
 #: Unhelpful responses: a third of the built-in set's rejected answers.
@@ -52,18 +51,7 @@ def _rows(path: Path) -> list[Any]:
         import pyarrow.parquet as pq
 
         return list(pq.read_table(path).to_pylist())
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{path} is not valid JSON ({exc}); use a list of objects or JSON lines"
-        ) from exc
-    if not isinstance(rows, list):
-        raise DataError(f"{path} must hold a list of objects (or one object per line)")
-    return rows
+    return read_json_rows(path)
 
 
 def load_preference_records(

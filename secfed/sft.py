@@ -33,6 +33,22 @@ SYMBOLS = ("a", "b", "c", "d", "e", "f", "g", "h")
 OPERATIONS = ("copy", "reverse", "first")
 
 
+def read_json_rows(path: Path) -> list[Any]:
+    """The objects of a ``.json`` list or a ``.jsonl`` file (one object per line)."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid JSON ({exc}); use a list of objects or JSON lines"
+        ) from exc
+    if not isinstance(rows, list):
+        raise DataError(f"{path} must hold a list of objects (or one object per line)")
+    return rows
+
+
 def load_sft_records(
     path: Path | str, *, prompt_key: str = "prompt", response_key: str = "response"
 ) -> list[tuple[str, str]]:
@@ -40,18 +56,7 @@ def load_sft_records(
     p = Path(path)
     if not p.is_file():
         raise DataError(f"SFT data file {p} does not exist; pass a .json or .jsonl file")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"{p} is not valid JSON ({exc}); use a list of objects or JSON lines"
-        ) from exc
-    if not isinstance(rows, list):
-        raise DataError(f"{p} must hold a list of objects (or one object per line)")
+    rows = read_json_rows(p)
     records: list[tuple[str, str]] = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or prompt_key not in row or response_key not in row:

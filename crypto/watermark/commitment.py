@@ -65,11 +65,8 @@ def make_record(
 
 def file_sha256(path: Path) -> str:
     """Hex SHA-256 of a file's bytes (the saved adapter weights)."""
-    h = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def finish_record(record: dict[str, Any], *, adapter_sha256: str) -> dict[str, Any]:

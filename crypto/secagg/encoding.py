@@ -183,7 +183,7 @@ def masked_payload(
     params: RoundParams,
     add: Sequence[bytes],
     subtract: Sequence[bytes],
-) -> bytes:
+) -> bytearray:
     """``uint64 tail || packed masked words``, encoded, masked and packed a block at a time.
 
     Same bytes as :func:`encode_into` + :func:`~crypto.core.masking.apply_masks` +
@@ -213,7 +213,7 @@ def masked_payload(
         at += len(packed)
     tail = (weight_fixed + masks.tail()) & 0xFFFFFFFFFFFFFFFF
     out[:8] = tail.to_bytes(8, "little")
-    return bytes(out)
+    return out  # not copied into bytes: the channel's frame is its one copy
 
 
 def decode_sum(residues: NDArray[np.uint32], *, params: RoundParams) -> NDArray[np.float64]:

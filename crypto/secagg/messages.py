@@ -10,13 +10,18 @@ stage   server -> client                           client -> server
 0       graph seed(32) k(4) t(4) bits(1)           c_pk(32) s_pk(32)
 1       n(4) [id len(4) signed stage-0 reply]*n    commit(32) n(4) [recipient sealed]*n
 2       n(4) [sender sealed]*n                     weight(8, LE) masked vector
-3       n(4) [survivor]*n                          signature(64) over the survivor set
+3       n(4) [survivor]*n                          signature(64) n(4) [recipient tag(16)]*n
 4       n(4) [survivor]*n m(4) [signer sig(64)]*m  n(4) [peer kind(1) share(33)]*n
+        p(4) [signer tag(16)]*p
 ======  =========================================  =======================================
 
 A sealed share is AES-GCM of ``sender(4) recipient(4) b_share(33) sk_share(33)``. Stage 1
 relays each neighbour's own signed key advertisement, so clients check each other's keys
-against the roster; stages 3 and 4 are the consistency check of Bonawitz et al.
+against the roster; stages 3 and 4 are the consistency check of Bonawitz et al. At stage 3 a
+client signs the survivor set and also endorses it to each neighbour with a 16-byte tag
+(HMAC under a key only the two share, see :func:`crypto.secagg.client.endorsement_tag`); at
+stage 4 the server relays the signatures and the tags addressed to that client (all zeros
+stand for the signature in the UNAUTHENTICATED mode).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ _ROUTED = struct.Struct(f"!I{SEALED_BYTES}s")
 _REVEAL = struct.Struct(f"!IB{shamir.SHARE_BYTES}s")
 _LEN = struct.Struct("!II")
 _SIG = struct.Struct("!I64s")
+ENDORSEMENT_BYTES = 16
+_TAG = struct.Struct(f"!I{ENDORSEMENT_BYTES}s")
 SIGNATURE_BYTES = 64
 COMMIT_BYTES = 32
 B_SHARE, SK_SHARE = 0, 1
@@ -178,12 +185,37 @@ def decode_ids(body: bytes, what: str) -> list[int]:
     return [int(r[0]) for r in rows]
 
 
-def encode_unmask(survivors: Sequence[int], signatures: Sequence[tuple[int, bytes]]) -> bytes:
-    return encode_ids(survivors) + _pack_list(_SIG, signatures)
+def encode_endorsement(signature: bytes, tags: Sequence[tuple[int, bytes]]) -> bytes:
+    """A client's consistency reply: its signature and its tags by recipient."""
+    if len(signature) != SIGNATURE_BYTES:
+        raise ValueError(f"a consistency signature is {SIGNATURE_BYTES} bytes")
+    return signature + _pack_list(_TAG, tags)
 
 
-def decode_unmask(body: bytes) -> tuple[list[int], dict[int, bytes]]:
+def decode_endorsement(body: bytes) -> tuple[bytes, dict[int, bytes]]:
+    if len(body) < SIGNATURE_BYTES:
+        raise ProtocolError("consistency signature is truncated")
+    rows, end = _unpack_list(body, _TAG, "consistency tags", SIGNATURE_BYTES)
+    _done(body, end, "consistency reply")
+    return bytes(body[:SIGNATURE_BYTES]), {int(r[0]): bytes(r[1]) for r in rows}
+
+
+def encode_unmask(
+    survivors: Sequence[int],
+    signatures: Sequence[tuple[int, bytes]],
+    tags: Sequence[tuple[int, bytes]] = (),
+) -> bytes:
+    return encode_ids(survivors) + _pack_list(_SIG, signatures) + _pack_list(_TAG, tags)
+
+
+def decode_unmask(body: bytes) -> tuple[list[int], dict[int, bytes], dict[int, bytes]]:
+    """Survivors, signatures by signer and the tags addressed to this client by signer."""
     surv, end = _unpack_list(body, _U32, "survivors")
     sigs, end = _unpack_list(body, _SIG, "consistency signatures", end)
+    tags, end = _unpack_list(body, _TAG, "consistency tags", end)
     _done(body, end, "unmask request")
-    return [int(r[0]) for r in surv], {int(r[0]): bytes(r[1]) for r in sigs}
+    return (
+        [int(r[0]) for r in surv],
+        {int(r[0]): bytes(r[1]) for r in sigs},
+        {int(r[0]): bytes(r[1]) for r in tags},
+    )

@@ -30,11 +30,16 @@ recipient; signatures are checked against the job's roster, :mod:`crypto.core.id
    over its neighbours ``v`` that shared keys, where ``s_uv`` is HKDF of X25519(s) and PRG
    is AES-256-CTR; plus its weight ``round(w * 2**32)`` masked modulo 2**64.
 3. *consistency check* (Bonawitz et al. 2017, Bell et al. 2020): the server sends the set
-   ``U`` of clients whose masked input arrived; a client in ``U`` signs ``(attempt, U)``, once.
-4. *unmasking*: the server returns ``U`` with the signatures it collected. A client refuses
-   unless ``U`` is the set it signed and, for every peer whose shares it holds, ``t`` of that
-   peer's own share holders signed ``U``; it then reveals the ``b`` share of each peer in
-   ``U`` and the ``s`` share of each other peer, so it never reveals both for one peer. The
+   ``U`` of clients whose masked input arrived; a client in ``U`` signs ``(attempt, U)``, once,
+   and endorses the same statement to each neighbour with an HMAC tag under HKDF of their
+   X25519(c) secret (direction inside the MAC), which only the two can make.
+4. *unmasking*: the server returns ``U`` with the signatures it collected and the tags
+   addressed to that client. A client refuses unless ``U`` is the set it signed and, for
+   every peer whose shares it holds, ``t`` of that peer's own share holders endorsed ``U``
+   (a neighbour's valid tag counts as its signature, otherwise the signature must verify
+   against the roster: the complete graph needs no Ed25519 verification); it then reveals
+   the ``b`` share of each peer in ``U`` and the ``s`` share of each other peer, so it never
+   reveals both for one peer. The
    server reconstructs ``b`` for survivors (checked against the commitment) and ``s`` for
    dropped clients (checked against the public key), removes their masks, decodes the sum.
 

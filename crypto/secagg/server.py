@@ -195,16 +195,18 @@ class SecAggServer(ServerSession):
         assert self._graph is not None
         statement = survivor_statement(self._sid, self._survivors)
         signatures: dict[int, bytes] = {}
+        tags: dict[int, dict[int, bytes]] = {}  # signer -> recipient -> endorsement tag
         for cid, body in bodies.items():
             try:
-                if len(body) != msg.SIGNATURE_BYTES and self._channel.authenticated:
-                    raise ProtocolError(f"client {cid}'s consistency signature is malformed")
-                self._channel.check_signature(cid, body, statement, what="consistency check")
+                signature, tags[cid] = msg.decode_endorsement(body)
+                if stray := set(tags[cid]) - self._nbrs(cid):
+                    raise ProtocolError(f"client {cid} endorses to non-neighbours {sorted(stray)}")
+                self._channel.check_signature(cid, signature, statement, what="consistency check")
             except ProtocolError as err:
                 self.refused[cid] = str(err)
                 log.warning("%s: counted as a dropout", err)
                 continue
-            signatures[cid] = body.ljust(msg.SIGNATURE_BYTES, b"\0")
+            signatures[cid] = signature
         t = self._params.graph.threshold
         signers = set(signatures)
         for u in sorted(signers):
@@ -220,7 +222,9 @@ class SecAggServer(ServerSession):
             kept = {u, *self._requests[u][0], *self._requests[u][1]}
             relevant = set().union(*(self._graph.holders(p) for p in kept)) & signers
             out[u] = msg.encode_unmask(
-                self._survivors, [(s, signatures[s]) for s in sorted(relevant)]
+                self._survivors,
+                [(s, signatures[s]) for s in sorted(relevant)],
+                [(s, tags[s][u]) for s in sorted(relevant) if u in tags[s]],
             )
         return out
 

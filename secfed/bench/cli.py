@@ -102,6 +102,14 @@ def bench(
         bool,
         typer.Option(help="Per-party peak RSS: one more round, client 0 and server in processes."),
     ] = True,
+    unauthenticated: Annotated[
+        bool,
+        typer.Option(
+            "--unauthenticated",
+            help="UNAUTHENTICATED mode: no roster, unsigned messages (only to measure what "
+            "authentication costs; by default every protocol signs and checks, as jobs do).",
+        ),
+    ] = False,
 ) -> None:
     """Measure the crypto overhead of every aggregation protocol (and its peers)."""
     import crypto
@@ -135,12 +143,18 @@ def bench(
             point_budget_s=point_budget,
             caps=_parse_caps(cap or []),
             memory=memory,
+            authenticated=not unauthenticated,
         )
         if any(c < 2 for c in cfg.clients):
             raise SecfedError(f"--clients needs cohorts of at least 2, got {list(cfg.clients)}")
     except (SecfedError, crypto.CryptoError, ValueError) as err:
         err_console.print(f"[bold red]error:[/] {err}")
         raise typer.Exit(2) from None
+    if unauthenticated:
+        err_console.print(
+            "[bold red]UNAUTHENTICATED: no roster, messages are neither signed nor checked; "
+            "figures show what authentication costs, not what a job runs.[/]"
+        )
     if quick:
         err_console.print(
             "[bold red]QUICK MODE: small sizes, one repetition and INSECURE test keys where a "
@@ -194,6 +208,9 @@ def bench(
         "more round; rss_over_update: that peak above the post-import baseline / (4 * params)",
         "e2e": "records with kind 'e2e': examples/default.toml once per protocol",
         "protocols": {n: _quick_opts(cfg, n) for n in names},
+        "authenticated": "UNAUTHENTICATED (no roster)"
+        if unauthenticated
+        else "every protocol with a roster: signed and checked messages, as in a job",
     }
     if json_out is not None:
         report.write_json(json_out, records + e2e_records, meta)

@@ -165,6 +165,7 @@ class BenchRecord:
     drop_stage: int = -1
     learned_by: str = ""
     insecure: bool = False
+    authenticated: bool = True  # False: UNAUTHENTICATED mode (no roster), for comparison only
     options: str = ""
     note: str = ""
     error: str = ""
@@ -202,6 +203,7 @@ def measure_point(
     decode_clients: int = 2,
     point_budget_s: float = 600.0,
     insecure: bool = False,
+    authenticated: bool = True,
     job_id: str = "secfed-bench",
     memory_probe: MemoryProbe | None = None,
 ) -> BenchRecord:
@@ -213,6 +215,7 @@ def measure_point(
     rec = BenchRecord(point.protocol, point.params, point.clients, point.dropouts)
     rec.learned_by = protocol.learned_by
     rec.insecure = insecure
+    rec.authenticated = authenticated
     rec.options = ",".join(f"{k}={v}" for k, v in sorted(protocol.options.items()))
     limit = protocol.max_dropouts(point.clients)
     if point.dropouts >= point.clients or point.dropouts > limit:

@@ -55,6 +55,8 @@ def _label(r: dict[str, Any]) -> str:
     label = str(r["protocol"])
     if r.get("insecure"):
         label += " (INSECURE)"
+    if r.get("authenticated") is False:
+        label += " (UNAUTHENTICATED)"
     if r.get("kind") == "baseline":
         label += " [peer]"
     return label

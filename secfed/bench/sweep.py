@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import crypto
+from crypto.core import identity
 
 from . import baselines
 from .measure import BenchRecord, MemoryProbe, measure_point
@@ -43,6 +44,9 @@ class SweepConfig:
     point_budget_s: float = 600.0
     caps: Mapping[str, int] = field(default_factory=dict)
     memory: bool = True
+    # Every protocol runs with a roster (signed messages), as jobs do; False is the loudly
+    # named UNAUTHENTICATED mode, only to measure what authentication costs.
+    authenticated: bool = True
 
     def points(self) -> list[Point]:
         return sweep_points(self.protocols, self.params, self.clients, self.dropouts)
@@ -122,6 +126,9 @@ def run_sweep(cfg: SweepConfig, *, advance: Progress | None = None) -> list[dict
             try:
                 opts, insecure = protocol_options(cfg, name)
                 proto = crypto.create_protocol(name, **opts)
+                if cfg.authenticated:  # the job's roster: loaded by setup (and by the probes)
+                    ring = identity.generate(range(max(cfg.clients)))
+                    identity.save(ring, Path(keys) / name / identity.SUBDIR)
                 t = time.perf_counter()
                 proto.setup(job_id="secfed-bench", key_dir=Path(keys) / name)
                 setup_s = time.perf_counter() - t
@@ -147,6 +154,7 @@ def run_sweep(cfg: SweepConfig, *, advance: Progress | None = None) -> list[dict
                             point_budget_s=cfg.point_budget_s,
                             insecure=insecure,
                             memory_probe=probe,
+                            authenticated=proto.authenticated,
                         )
                     except Exception as err:
                         log.exception("protocol %s failed at %s", name, point)

@@ -17,9 +17,11 @@ from crypto import (
 )
 from crypto.core import fixedpoint, wire
 from crypto.core.channel import Channel
-from crypto.errors import EncodingError
+from crypto.core.identity import Roster
+from crypto.errors import AuthenticationError, EncodingError
 from crypto.secagg import PairwiseMaskingProtocol
 from crypto.secagg import messages as msg
+from crypto.secagg.client import endorsement_tag, survivor_statement
 from crypto.secagg.encoding import pack, unpack_add
 from crypto.secagg.graph import neighbours_of
 from tests.crypto.adversary import keyring
@@ -222,15 +224,18 @@ def test_client_refuses_to_sign_a_wrong_survivor_set(survivors, match):
 
 def test_client_unmasks_only_the_survivor_set_it_signed():
     _, clients, messages = _unmask_setup(4)
-    survivors, sigs = msg.decode_unmask(_body(messages[0]))
-    other = _reframe(messages[0], msg.encode_unmask(survivors[:-1], sorted(sigs.items())))
+    survivors, sigs, tags = msg.decode_unmask(_body(messages[0]))
+    other = _reframe(
+        messages[0],
+        msg.encode_unmask(survivors[:-1], sorted(sigs.items()), sorted(tags.items())),
+    )
     with pytest.raises(ProtocolError, match="another survivor set"):
         clients[0].handle(other)
 
 
 def test_client_unmasks_only_with_t_signatures_of_each_peers_holders():
     server, clients, messages = _unmask_setup(4)
-    survivors, sigs = msg.decode_unmask(_body(messages[1]))
+    survivors, sigs, _ = msg.decode_unmask(_body(messages[1]))  # signatures only, no tags
     t = server._params.graph.threshold
     few = sorted(sigs.items())[: t - 1]
     with pytest.raises(DropoutError, match="signed the survivor set"):
@@ -242,6 +247,49 @@ def test_client_unmasks_only_with_t_signatures_of_each_peers_holders():
         clients[1].handle(
             _reframe(messages[1], msg.encode_unmask(survivors, sorted(forged.items())))
         )
+
+
+def _endorsements(clients, messages, who=1):
+    survivors, sigs, tags = msg.decode_unmask(_body(messages[who]))
+    statement = survivor_statement(clients[who]._sid, survivors)
+    return survivors, sigs, tags, statement
+
+
+def test_neighbour_tags_stand_for_signatures_and_save_every_verification(monkeypatch):
+    # secagg's complete graph: every signer is a neighbour, so no Ed25519 verification at all.
+    _, clients, messages = _unmask_setup(4)
+    _, _, tags, _ = _endorsements(clients, messages)
+    assert set(tags) == {0, 2, 3, 4}
+    calls = []
+    original = Roster.verify
+    monkeypatch.setattr(Roster, "verify", lambda *a: calls.append(a) or original(*a))
+    shares = msg.decode_reveal(_body(clients[1].handle(messages[1])))
+    assert set(shares) == {0, 1, 2, 3, 4} and calls == []
+
+
+def test_forged_or_reflected_tag_does_not_count_as_an_endorsement():
+    for forge in ("made up", "reflected"):
+        _, clients, messages = _unmask_setup(4)
+        survivors, _, tags, statement = _endorsements(clients, messages)
+        if forge == "made up":
+            tags[2] = bytes(msg.ENDORSEMENT_BYTES)
+        else:  # client 1's own endorsement to 2, handed back to 1 as 2's
+            tags[2] = endorsement_tag(
+                clients[1]._endorse[2], sender=1, recipient=2, statement=statement
+            )
+        request = msg.encode_unmask(survivors, [], sorted(tags.items()))  # no signatures
+        with pytest.raises(AuthenticationError, match="endorsement of client 2"):
+            clients[1].handle(_reframe(messages[1], request))
+
+
+def test_bad_tag_falls_back_to_the_signature():
+    # A client cannot stall its neighbours with a garbage tag: its signature still counts.
+    _, clients, messages = _unmask_setup(4)
+    survivors, sigs, tags, _ = _endorsements(clients, messages)
+    tags[2] = bytes(msg.ENDORSEMENT_BYTES)
+    request = msg.encode_unmask(survivors, sorted(sigs.items()), sorted(tags.items()))
+    shares = msg.decode_reveal(_body(clients[1].handle(_reframe(messages[1], request))))
+    assert set(shares) == {0, 1, 2, 3, 4}
 
 
 def test_client_answers_one_unmask_request_only():

@@ -20,7 +20,7 @@ import pytest
 from crypto import ParameterError, ProtocolError, RoundSpec, create_protocol
 from crypto.secagg import PairwiseMaskingProtocol
 from crypto.secagg import messages as msg
-from crypto.secagg.client import survivor_statement
+from crypto.secagg.client import endorsement_tag, survivor_statement
 from crypto.secagg.graph import GraphParams
 from tests.crypto.adversary import keyring
 from tests.crypto.test_secagg import _body
@@ -60,21 +60,28 @@ def split_attack(proto: PairwiseMaskingProtocol, n: int, *, victim: int = 0) -> 
     everyone = server._survivors
     without = [c for c in everyone if c != victim]
     # Stage 3: two views of the survivor set; every honest client signs the one it is shown.
+    # Each also endorses it to its neighbours (tags); colluders endorse both views to everyone.
     sigs: dict[str, dict[int, bytes]] = {"with": {}, "without": {}}
+    tags: dict[str, dict[int, dict[int, bytes]]] = {"with": {}, "without": {}}
     for c in everyone:
         view = "without" if c in told_dropped else "with"
         listing = without if view == "without" else everyone
         reply = clients[c].handle(server._channel.seal(3, c, msg.encode_ids(listing)))
-        sigs[view][c] = _body(reply)
+        sigs[view][c], tags[view][c] = msg.decode_endorsement(_body(reply))
         if c in corrupt:  # a colluder signs the other view too
             statement = survivor_statement(clients[c]._sid, without)
             sigs["without"][c] = clients[c]._channel.sign(statement)
+            tags["without"][c] = {
+                r: endorsement_tag(key, sender=c, recipient=r, statement=statement)
+                for r, key in clients[c]._endorse.items()
+            }
     # Stage 4: each honest holder gets the view it signed, with every signature of that view.
     got = {"b": len(corrupt), "sk": len(corrupt)}  # colluders hand over both of their shares
     for c in [victim, *honest]:
         view = "without" if c in told_dropped else "with"
         listing = without if view == "without" else everyone
-        request = msg.encode_unmask(listing, sorted(sigs[view].items()))
+        mine = [(s, tags[view][s][c]) for s in sorted(tags[view]) if c in tags[view][s]]
+        request = msg.encode_unmask(listing, sorted(sigs[view].items()), mine)
         try:
             reply = clients[c].handle(server._channel.seal(4, c, request))
         except ProtocolError:

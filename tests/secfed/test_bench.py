@@ -236,3 +236,18 @@ def test_memory_probe_measures_each_party_in_its_own_process(name: str, tmp_path
     # The server held the other clients' replies (at least 2 of 3 uploads) at once.
     assert server["above_baseline_bytes"] >= 2 * 2 * dim
     assert client["peak_rss_bytes"] < 4 * dim + 1e9  # its own process, not the bench's
+
+
+def test_sweep_measures_the_signed_path_by_default_and_labels_the_unsigned_one() -> None:
+    def sweep(**kw: Any) -> dict[str, Any]:
+        cfg = SweepConfig(["secagg+"], [64], [4], [0], repeats=1, baselines=False, memory=False)
+        (rec,) = run_sweep(SweepConfig(**{**cfg.__dict__, **kw}))
+        assert not rec["error"], rec["error"]
+        return rec
+
+    signed, unsigned = sweep(), sweep(authenticated=False)
+    assert signed["authenticated"] and not unsigned["authenticated"]
+    # Signed frames carry Ed25519 signatures (64 bytes), keys and MACs: more bytes up.
+    assert signed["bytes_up"] >= unsigned["bytes_up"] + 64
+    assert "UNAUTHENTICATED" in report.markdown_table([unsigned])
+    assert "UNAUTHENTICATED" not in report.markdown_table([signed])

@@ -66,7 +66,7 @@ import numpy as np
 import tenseal as ts
 from numpy.typing import NDArray
 
-from ..core import wire
+from ..core import valuerange, wire
 from ..core.channel import Channel
 from ..core.identity import Keyring
 from ..core.protocol import (
@@ -123,6 +123,7 @@ class CkksClient(ClientSession):
         params: cp.CkksParams,
         keys: CkksKeys,
         keyring: Keyring | None = None,
+        out_of_range: str = valuerange.REFUSE,
     ):
         super().__init__(spec, client_id, vector, weight)
         self._channel = Channel(
@@ -133,12 +134,9 @@ class CkksClient(ClientSession):
             raise KeyMaterialError(
                 "this party holds only public.ctx: a client needs key_dir/ckks/secret.ctx"
             )
-        peak = float(np.max(np.abs(self.vector)))
-        if peak > params.clip:
-            raise EncodingError(
-                f"client {client_id}'s update reaches {peak:.4g}, beyond clip={params.clip}: "
-                "clip the update first or raise the 'clip' option"
-            )
+        self.vector, self.clipped_coordinates = valuerange.enforce(
+            self.vector, clip=params.clip, policy=out_of_range, who=f"client {client_id}"
+        )
         if self.weight > params.max_weight:
             raise EncodingError(
                 f"client {client_id}'s weight {self.weight} exceeds max_weight="
@@ -317,11 +315,12 @@ class CkksProtocol(Protocol):
 
     name = _NAME
     learned_by = "clients"
-    option_names = frozenset(inspect.signature(cp.resolve).parameters)
+    option_names = frozenset(inspect.signature(cp.resolve).parameters) | {valuerange.OPTION}
 
     def __init__(self, **options: Any):
         super().__init__(**options)
-        self.params = cp.resolve(**options)
+        self.out_of_range = valuerange.policy(options)
+        self.params = cp.resolve(**{k: v for k, v in options.items() if k != valuerange.OPTION})
         chain(self.params)  # SEAL accepts the chain, or ParameterError now
         self._keys: CkksKeys | None = None
 
@@ -341,7 +340,7 @@ class CkksProtocol(Protocol):
         cp.check_cohort(self.params, n_clients=len(spec.cohort))
         return CkksClient(
             spec, client_id, vector, weight, params=self.params, keys=self.keys,
-            keyring=self.keyring,
+            keyring=self.keyring, out_of_range=self.out_of_range,
         )  # fmt: skip
 
     def server_session(self, spec: RoundSpec) -> ServerSession:

@@ -146,6 +146,10 @@ def adversaries(*, authenticated: bool, semi_honest: str, malicious: str) -> dic
 class ClientSession(ABC):
     """Client side of one round."""
 
+    #: Coordinates clipped to the protocol's range under ``out_of_range = "clip"``
+    #: (:mod:`crypto.core.valuerange`); 0 otherwise.
+    clipped_coordinates: int = 0
+
     def __init__(self, spec: RoundSpec, client_id: int, vector: NDArray[Any], weight: float):
         if client_id not in spec.cohort:
             raise ValueError(f"client {client_id} is not in the round's cohort {spec.cohort}")

@@ -26,9 +26,11 @@ Threat model
 * Dropouts: one collection stage; clients that do not send are left out of the sum, so up to
   ``n - 1`` of ``n`` may drop; if none sends, :class:`~crypto.errors.DropoutError`.
 
-Encoding: see :mod:`crypto.core.packing`. Each coordinate is clipped to ``[-clip, clip]``, the
-weighted value ``w * v`` is quantised to ``precision_bits`` bits relative to
-``clip * max_weight``, offset to be non-negative and packed with headroom for the whole cohort.
+Encoding: see :mod:`crypto.core.packing`. A coordinate outside ``[-clip, clip]`` is refused
+(``out_of_range = "refuse"``, the default) or clipped (``"clip"``, explicit), as in every
+protocol with a range (:mod:`crypto.core.valuerange`); the weighted value ``w * v`` is
+quantised to ``precision_bits`` bits relative to ``clip * max_weight``, offset to be
+non-negative and packed with headroom for the whole cohort.
 Per coordinate the decoded weighted sum of ``m`` contributors is within
 ``m * 0.5 / S + m * clip * max_weight * 2**-50`` with
 ``S = 2**precision_bits / 2**ceil(log2(clip * max_weight))``. A weight above ``max_weight`` is
@@ -55,6 +57,7 @@ from typing import Any
 
 from numpy.typing import NDArray
 
+from ..core import valuerange
 from ..core.packing import Quantiser
 from ..core.protocol import (
     ClientSession,
@@ -89,14 +92,23 @@ class PaillierProtocol(Protocol):
 
     Options: ``key_bits`` (2048 or more, default 2048; 3072 available), ``insecure_key_bits``
     (tests only: a key below 2048 bits, loudly logged), ``clip`` (default 1.0), ``max_weight``
-    (default 1024.0), ``precision_bits`` (default 16) and ``workers`` (processes for encryption
-    and decryption, default ``os.cpu_count()``; 1 runs in-process).
+    (default 1024.0), ``precision_bits`` (default 16), ``workers`` (processes for encryption
+    and decryption, default ``os.cpu_count()``; 1 runs in-process) and ``out_of_range``
+    (``"refuse"``, the default, or ``"clip"``: :mod:`crypto.core.valuerange`).
     """
 
     name = NAME
     learned_by = "clients"
     option_names = frozenset(
-        {"key_bits", "insecure_key_bits", "clip", "max_weight", "precision_bits", "workers"}
+        {
+            "key_bits",
+            "insecure_key_bits",
+            "clip",
+            "max_weight",
+            "precision_bits",
+            "workers",
+            "out_of_range",
+        }
     )
 
     def __init__(self, **options: Any):
@@ -130,6 +142,7 @@ class PaillierProtocol(Protocol):
             max_weight=options.get("max_weight", 1024.0),
             precision_bits=options.get("precision_bits", 16),
         )
+        self.out_of_range = valuerange.policy(options)
         workers = options.get("workers", os.cpu_count() or 1)
         if not _is_int(workers) or workers < 1:
             raise ParameterError(f"workers must be a positive integer, got {workers!r}")
@@ -199,6 +212,7 @@ class PaillierProtocol(Protocol):
             quantiser=self.quantiser,
             workers=self.workers,
             keyring=self.keyring,
+            out_of_range=self.out_of_range,
         )
 
     def server_session(self, spec: RoundSpec) -> ServerSession:

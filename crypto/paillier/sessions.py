@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from ..core import wire
+from ..core import valuerange, wire
 from ..core.channel import Channel
 from ..core.identity import Keyring
 from ..core.packing import (
@@ -97,8 +97,12 @@ class PaillierClient(ClientSession):
         quantiser: Quantiser,
         workers: int,
         keyring: Keyring | None,
+        out_of_range: str = valuerange.REFUSE,
     ):
         super().__init__(spec, client_id, vector, weight)
+        self.vector, self.clipped_coordinates = valuerange.enforce(
+            self.vector, clip=quantiser.clip, policy=out_of_range, who=f"client {client_id}"
+        )
         self._private, self._quantiser = private, quantiser
         self._public = private.public
         self._workers = workers

@@ -12,7 +12,7 @@ from typing import Any
 from numpy.typing import NDArray
 
 from ..core import keyagreement as ka
-from ..core import shamir, wire
+from ..core import shamir, valuerange, wire
 from ..core.channel import Channel
 from ..core.identity import Keyring
 from ..core.protocol import ClientSession, RoundSpec
@@ -71,8 +71,12 @@ class SecAggClient(ClientSession):
         tag: str,
         params: RoundParams,
         keyring: Keyring | None,
+        out_of_range: str = valuerange.REFUSE,
     ):
         super().__init__(spec, client_id, vector, weight)
+        self.vector, self.clipped_coordinates = valuerange.enforce(
+            self.vector, clip=params.clip, policy=out_of_range, who=f"client {client_id}"
+        )
         if self.weight > params.max_weight:
             raise EncodingError(
                 f"client {client_id}'s weight {self.weight} exceeds max_weight="

@@ -23,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 from numpy.typing import NDArray
 
-from ..core import fixedpoint
+from ..core import fixedpoint, valuerange
 from ..core.masking import MaskStream
 from ..errors import EncodingError, ParameterError, ProtocolError
 from .graph import GraphParams, complete_params, sparse_params
@@ -44,8 +44,10 @@ class SecAggOptions:
     max_corrupt_fraction: float = 0.2
     threshold: int | None = None
     neighbours: int | None = None
+    out_of_range: str = valuerange.REFUSE
 
     def __post_init__(self) -> None:
+        valuerange.policy({valuerange.OPTION: self.out_of_range})
         for name in ("clip", "max_weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):

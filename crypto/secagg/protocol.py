@@ -95,8 +95,10 @@ since the modulus is sized for ``n * max_weight * clip * 2**scale_bits``),
 ``max_dropout_fraction`` (0.3), ``max_corrupt_fraction`` (0.2), both below 1/2,
 ``threshold`` (override, capped at the number of share holders, checked for security), and
 for secagg+ ``neighbours`` (override, even). The error bound is ``n * 0.5 * quantum`` per
-coordinate (plus float64 rounding) for updates inside the clipping range; clipping is applied
-to the vector as handed in, DP noise included, so leave ``clip`` room for the noise.
+coordinate (plus float64 rounding). ``out_of_range`` (:mod:`crypto.core.valuerange`):
+``"refuse"`` (default) refuses an update with a coordinate outside ``[-clip, clip]``,
+``"clip"`` clips it on purpose; the check applies to the vector as handed in, DP noise
+included, so leave ``clip`` room for the noise (the runner does).
 Masked vectors travel at ``m / 8`` bytes per parameter: 3 bytes with the defaults up to 127
 clients, 4 bytes beyond.
 """
@@ -130,6 +132,7 @@ _COMMON = frozenset(
         "max_dropout_fraction",
         "max_corrupt_fraction",
         "threshold",
+        "out_of_range",
     }
 )
 
@@ -170,7 +173,7 @@ class PairwiseMaskingProtocol(Protocol):
     ) -> ClientSession:
         return SecAggClient(
             spec, client_id, vector, weight, tag=self.name, params=self.round_params(spec),
-            keyring=self.keyring,
+            keyring=self.keyring, out_of_range=self.config.out_of_range,
         )  # fmt: skip
 
     def server_session(self, spec: RoundSpec) -> ServerSession:

@@ -16,12 +16,15 @@ import pytest
 
 from crypto import (
     DropoutError,
+    ParameterError,
     Protocol,
     ProtocolError,
     RoundSpec,
     run_round,
 )
+from crypto.core import valuerange
 from crypto.core.wire import HEADER_SIZE
+from crypto.errors import EncodingError
 
 from .adversary import AdversarialConformance, keyring
 
@@ -269,6 +272,33 @@ class ProtocolConformance(AdversarialConformance):
         for cid, up in outcome.traffic.bytes_up.items():
             assert up <= seen_up[cid]
             assert up >= 4 * self.dim // 8  # an update of dim parameters cannot be tiny
+
+    def test_out_of_range_input_is_refused_by_default_and_clipped_on_request(
+        self, protocol, tmp_path
+    ):
+        vecs, weights = self.inputs(seed=3)
+        spec = self.spec()
+        if valuerange.OPTION not in type(protocol).option_names:
+            # No range (plain sends float32): a large value is summed as it is.
+            vecs[1][[0, 5]] = [3e6, -2.5e6]
+            self.protocol_obj = protocol
+            self.check(run_round(*self.sessions(protocol, spec, vecs, weights)), vecs, weights,
+                       spec.cohort)  # fmt: skip
+            return
+        clip = float(protocol.options.get("clip", 1.0))
+        vecs[1][[0, 5]] = [3 * clip, -2.5 * clip]
+        with pytest.raises(EncodingError, match=r"client 1.* 2 of \d+ coordinates.*out_of_range"):
+            protocol.client_session(spec, 1, vecs[1], weights[1])
+        with pytest.raises(ParameterError, match="'wrap'"):
+            type(protocol)(**{**protocol.options, "out_of_range": "wrap"})
+        clipper = type(protocol)(**{**protocol.options, "out_of_range": "clip"})
+        clipper.use_identities(protocol.keyring)
+        clipper.setup(job_id="conformance", key_dir=tmp_path / "keys")
+        server, clients = self.sessions(clipper, spec, vecs, weights)
+        assert clients[1].clipped_coordinates == 2 and clients[0].clipped_coordinates == 0
+        self.protocol_obj = clipper
+        clipped = {c: np.clip(v.astype(np.float64), -clip, clip) for c, v in vecs.items()}
+        self.check(run_round(server, clients), clipped, weights, spec.cohort)
 
     def test_wrong_dimension_rejected(self, protocol):
         spec = self.spec()

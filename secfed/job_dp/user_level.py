@@ -365,12 +365,30 @@ def protocol_options(cfg: ExperimentConfig) -> dict[str, Any]:
     Client weights are scaled into (0, 1] by the runner, so ``max_weight`` defaults to 1
     (integer encodings then spend no bits on weight headroom); with user-level DP the
     quantisation range ``clip`` follows from the clip norm.
+
+    Out-of-range values (:mod:`crypto.core.valuerange`) stay refused under distributed noise:
+    clipping a client's noised vector would change the noise the accountant counts. The range
+    is ``S (1 + 8 z)``: a submitted coordinate is at most ``S`` plus the client's noise share,
+    whose standard deviation is at most ``z S``, so a refusal needs an 8-sigma noise draw
+    (probability about ``1.2e-15`` per coordinate for Gaussian noise, ``d`` coordinates a
+    client-round): an event that does not depend on the data beyond that bound, whose
+    probability is negligible next to ``delta``. The round then fails with an error rather
+    than releasing a differently noised sum; ``out_of_range = "clip"`` is refused here.
     """
     options = dict(cfg.aggregation.options)
     proto_cls = crypto.get_protocol(cfg.aggregation.protocol)
     if "max_weight" in proto_cls.option_names and "max_weight" not in options:
         options["max_weight"] = 1.0
     u = cfg.privacy.user
+    split_noise = u.enabled and u.noise == "distributed" and u.noise_multiplier > 0
+    if split_noise and options.get("out_of_range") == "clip":
+        raise ConfigError(
+            "aggregation.options.out_of_range = 'clip' with distributed user-level noise would "
+            "clip coordinates after each client added its noise share, a mechanism the "
+            "accountant does not cover: remove the option (out-of-range values are then "
+            "refused; the runner leaves 8 noise standard deviations of room) or raise "
+            "aggregation.options.clip"
+        )
     if u.enabled and "clip" in proto_cls.option_names and "clip" not in options:
         if u.adaptive_quantile is not None:
             raise ConfigError(

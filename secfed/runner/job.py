@@ -83,6 +83,7 @@ class FederatedRunner(LocalTraining, JobOutputs):
         if cfg.privacy.sample.enabled:
             privacy.check_dp_support(self.parts.model)
         self.user_dp = UserLevelDP(cfg, self.protocol) if cfg.privacy.user.enabled else None
+        self.clipped_coordinates = 0  # of the last aggregated round (out_of_range = "clip")
         initial = models.adapter_vector(self.parts.model).astype(np.float64)
         self.initial_vector = initial.copy()  # the local-only baseline starts here too
         self.state = JobState(round=0, job_id="", global_vector=initial)
@@ -249,6 +250,8 @@ class FederatedRunner(LocalTraining, JobOutputs):
                 rng = self.noise_rng("client", round_, r.client_id)
                 vector = vector + self.user_dp.client_noise(dim, cohort=len(results), rng=rng)
             clients[r.client_id] = self.protocol.client_session(spec, r.client_id, vector, r.weight)
+        # Non-zero only under the explicit out_of_range = "clip" (recorded per round).
+        self.clipped_coordinates = sum(c.clipped_coordinates for c in clients.values())
         return crypto.run_round(server, clients)
 
     def run_round(self, round_: int) -> dict[str, Any]:
@@ -282,6 +285,7 @@ class FederatedRunner(LocalTraining, JobOutputs):
             model_bytes=MODEL_BYTES_PER_PARAM * self.dim,
         )  # fmt: skip
         record["phase"] = "sft" if self.in_sft_phase(round_) else self.cfg.model.task
+        record["clipped_coordinates"] = self.clipped_coordinates
         if before is not None:
             record["before_dpo"] = before
         return self.close_round(round_, record, clock)

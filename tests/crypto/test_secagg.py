@@ -27,7 +27,9 @@ from crypto.secagg.graph import neighbours_of
 from tests.crypto.adversary import keyring
 from tests.crypto.conformance import ProtocolConformance
 
-OPTS = {"max_weight": 64.0}
+# Inputs reach 1.2 > clip: these tests clip on purpose (the conformance classes refuse).
+OPTS = {"max_weight": 64.0, "out_of_range": "clip"}
+REFUSE = {"out_of_range": "refuse"}
 
 
 def _proto(name: str, **opts) -> PairwiseMaskingProtocol:
@@ -37,7 +39,13 @@ def _proto(name: str, **opts) -> PairwiseMaskingProtocol:
     return proto
 
 
-SPARSE = {"neighbours": 4, "threshold": 3, "max_corrupt_fraction": 0.0, "max_weight": 64.0}
+SPARSE = {
+    "neighbours": 4,
+    "threshold": 3,
+    "max_corrupt_fraction": 0.0,
+    "max_weight": 64.0,
+    "out_of_range": "clip",
+}
 
 
 class TestSecAggConformance(ProtocolConformance):
@@ -45,7 +53,7 @@ class TestSecAggConformance(ProtocolConformance):
     fuzz_clients = 5  # t = 4: one refused party is survived, so fuzzed rounds can finish
 
     def make_protocol(self, tmp_path) -> Protocol:
-        return _proto("secagg", **OPTS)
+        return _proto("secagg", **OPTS | REFUSE)
 
 
 class TestSecAggPlusConformance(ProtocolConformance):
@@ -53,7 +61,7 @@ class TestSecAggPlusConformance(ProtocolConformance):
     fuzz_clients = 5
 
     def make_protocol(self, tmp_path) -> Protocol:
-        return _proto("secagg+", **OPTS)
+        return _proto("secagg+", **OPTS | REFUSE)
 
 
 class TestSecAggPlusSparseConformance(ProtocolConformance):
@@ -63,7 +71,7 @@ class TestSecAggPlusSparseConformance(ProtocolConformance):
     n_clients = 12
 
     def make_protocol(self, tmp_path) -> Protocol:
-        proto = _proto("secagg+", **SPARSE)
+        proto = _proto("secagg+", **SPARSE | REFUSE)
         assert not proto.graph_params(self.n_clients).complete
         return proto
 

@@ -350,9 +350,7 @@ def test_mismatched_options_are_caught_at_stage_zero():
     spec = RoundSpec("t", 1, tuple(range(5)), 9)
     vecs, weights = _inputs(5, 9)
     server = _proto("secagg", **OPTS).server_session(spec)
-    client = _proto("secagg", **OPTS, threshold=5).client_session(
-        spec, 0, vecs[0], weights[0]
-    )
+    client = _proto("secagg", **OPTS, threshold=5).client_session(spec, 0, vecs[0], weights[0])
     with pytest.raises(ProtocolError, match="same protocol options"):
         client.handle(server.start()[0])
 
@@ -414,7 +412,9 @@ def test_modulus_grows_with_the_cohort_and_bytes_follow():
     small = proto.round_params(RoundSpec("t", 1, tuple(range(4)), 100))
     large = proto.round_params(RoundSpec("t", 1, tuple(range(300)), 100))
     assert small.modulus_bits == 24 and large.modulus_bits == 32
-    _, out, _, _ = _run("secagg", {"max_weight": 1.0, "out_of_range": "clip"}, 3, {}, dim=1000, weight_max=2)
+    _, out, _, _ = _run(
+        "secagg", {"max_weight": 1.0, "out_of_range": "clip"}, 3, {}, dim=1000, weight_max=2
+    )
     per_param = (max(out.traffic.bytes_up.values()) - 2000) / 1000
     assert per_param <= 3.0  # 24-bit masked vectors, plus keys and shares
 

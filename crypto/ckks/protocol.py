@@ -67,7 +67,7 @@ import tenseal as ts
 from numpy.typing import NDArray
 
 from ..core import valuerange, wire
-from ..core.channel import Channel
+from ..core.channel import Channel, UploadRound
 from ..core.identity import Keyring
 from ..core.protocol import (
     Aggregate,
@@ -241,33 +241,25 @@ class CkksServer(ServerSession):
         keyring: Keyring | None = None,
     ):
         super().__init__(spec)
-        self._channel = Channel(
-            tag=_NAME, session_id=spec.session_id, me=wire.SERVER, keyring=keyring,
+        self._round = UploadRound(
+            tag=_NAME, session_id=spec.session_id, cohort=spec.cohort, keyring=keyring,
             stage_names=("encrypted input", "aggregate"),
         )  # fmt: skip
+        self._channel = self._round.channel
         cp.check_cohort(params, n_clients=len(spec.cohort))
         self.params, self.keys = params, keys
         self._sizes = cp.chunk_sizes(params, length=spec.dim + (params.weighting == "client"))
         self._done = False
 
     def start(self) -> dict[int, bytes]:
-        payload = _hello(self.params, self.keys)
-        return {cid: self._channel.seal(0, cid, payload) for cid in self.spec.cohort}
+        return self._round.start(_hello(self.params, self.keys))
 
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("ckks round already finished")
-        signed = self._channel.collect(
-            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
-        )
-        bodies, statements = {}, {}
-        for cid, body in signed.items():
-            if len(body) < _SIG:
-                self.refused[cid] = f"client {cid}'s upload is truncated"
-                continue
-            bodies[cid] = body[:-_SIG]
-            statements[cid] = _STATEMENT.pack(cid, hashlib.sha256(body[:-_SIG]).digest(),
-                                              body[-_SIG:])  # fmt: skip
+        uploads = self._round.collect(replies, refused=self.refused, body_bytes=None)
+        bodies = {cid: up.body for cid, up in uploads.items()}
+        statements = {cid: up.statement_row() for cid, up in uploads.items()}
         p, ctx, server_w = self.params, self.keys.server, self.params.weighting == "server"
         acc: list[ts.CKKSVector] = []
         total = wsq = 0.0
@@ -295,7 +287,7 @@ class CkksServer(ServerSession):
             head += _F64.pack(total) + _F64.pack(wsq)
         payload = head + cp.pack_chunks([cp.unwrap_chunk(v.serialize()) for v in acc])
         self._done = True
-        return ServerStep(messages={c: self._channel.seal(1, c, payload) for c in ids}, final=True)
+        return ServerStep(messages=self._round.finish(ids, payload), final=True)
 
     def _check(self, acc: list[ts.CKKSVector], ids: list[int]) -> None:
         """Every sum must be a 2-part ciphertext at the expected level and scale."""

@@ -27,13 +27,15 @@ import hashlib
 import hmac
 import logging
 import secrets
+import struct
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import AuthenticationError, DropoutError, ProtocolError
+from . import identity, wire
 from . import keyagreement as ka
-from . import wire
 from .identity import Keyring, party_name
 
 log = logging.getLogger(__name__)
@@ -237,3 +239,68 @@ class Channel:
                 f"out{detail}"
             )
         return bodies
+
+
+@dataclass(frozen=True)
+class SignedUpload:
+    """One client's upload in a one-upload round: the body and the signature appended to it."""
+
+    client: int
+    body: bytes
+    digest: bytes  # SHA-256 of ``body``: what the client's signed statement names
+    signature: bytes
+
+    def statement_row(self, extra: bytes = b"") -> bytes:
+        """``client (uint32) || extra || digest || signature``: relayed to the decoders."""
+        return struct.pack("!I", self.client) + extra + self.digest + self.signature
+
+
+class UploadRound:
+    """Server side of the one-upload protocols (paillier, ckks).
+
+    Stage 0 sends one hello to every cohort member and collects one upload each: a body
+    followed by the client's 64-byte signature over a statement naming the body's SHA-256
+    (checked by the decoders, who relay nothing). Stage 1 sends the result to the
+    contributors. Refusals count as dropouts (see :meth:`Channel.collect`).
+    """
+
+    def __init__(
+        self,
+        *,
+        tag: str,
+        session_id: bytes,
+        cohort: Sequence[int],
+        keyring: Keyring | None,
+        stage_names: Sequence[str],
+    ):
+        self.channel = Channel(
+            tag=tag, session_id=session_id, me=wire.SERVER, keyring=keyring,
+            stage_names=stage_names,
+        )  # fmt: skip
+        self.cohort = tuple(cohort)
+
+    def start(self, hello: bytes) -> dict[int, bytes]:
+        return {cid: self.channel.seal(0, cid, hello) for cid in self.cohort}
+
+    def collect(
+        self, replies: Mapping[int, bytes], *, refused: dict[int, str], body_bytes: int | None
+    ) -> dict[int, SignedUpload]:
+        """The uploads that pass the channel and the size check (``body_bytes``, if known)."""
+        frames = self.channel.collect(
+            replies, stage=0, expected=frozenset(self.cohort), refused=refused
+        )
+        uploads: dict[int, SignedUpload] = {}
+        for cid, frame in frames.items():
+            size = len(frame) - identity.SIGNATURE_BYTES
+            if size < 0 or (body_bytes is not None and size != body_bytes):
+                want = "" if body_bytes is None else f" ({body_bytes} + signature expected)"
+                refused[cid] = f"client {cid}'s upload of {len(frame)} bytes is malformed{want}"
+                log.warning("%s: counted as a dropout", refused[cid])
+                continue
+            body = frame[:size]
+            uploads[cid] = SignedUpload(cid, body, hashlib.sha256(body).digest(), frame[size:])
+        return uploads
+
+    def finish(self, contributors: Sequence[int], payload: bytes) -> dict[int, bytes]:
+        """The final message (``payload``) to each contributor."""
+        return {cid: self.channel.seal(1, cid, payload) for cid in contributors}

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..core import valuerange, wire
-from ..core.channel import Channel
+from ..core.channel import Channel, UploadRound
 from ..core.identity import Keyring
 from ..core.packing import (
     WEIGHT_SLOTS,
@@ -215,47 +215,39 @@ class PaillierServer(ServerSession):
         self._public = PublicKey.from_bytes(public_key)
         self._quantiser = quantiser
         self._layout = _layout(spec, self._public, quantiser)
-        self._channel = Channel(
-            tag=NAME, session_id=spec.session_id, me=wire.SERVER, keyring=keyring,
+        self._round = UploadRound(
+            tag=NAME, session_id=spec.session_id, cohort=spec.cohort, keyring=keyring,
             stage_names=STAGES,
         )  # fmt: skip
+        self._channel = self._round.channel
         self._done = False
 
     def start(self) -> dict[int, bytes]:
-        hello = digest(self._public, self._quantiser)
-        return {cid: self._channel.seal(0, cid, hello) for cid in self.spec.cohort}
+        return self._round.start(digest(self._public, self._quantiser))
 
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._done:
             raise ProtocolError("paillier round already finished")
-        bodies = self._channel.collect(
-            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
-        )
         width = self._public.ciphertext_bytes
-        expected = NONCE + self._layout.plaintexts * width + 64
-        parts, rows = [], []
-        for cid, body in bodies.items():
+        # A nonce and the ciphertexts, then the signature.
+        uploads = self._round.collect(
+            replies, refused=self.refused, body_bytes=NONCE + self._layout.plaintexts * width
+        )
+        parts, rows, ids = [], [], []
+        for cid, up in uploads.items():
             try:
-                if len(body) != expected:
-                    raise ProtocolError(
-                        f"client {cid} sent {len(body)} payload bytes, expected {expected} "
-                        f"(a {NONCE}-byte nonce, {self._layout.plaintexts} ciphertexts of "
-                        f"{width} bytes, signature)"
-                    )
-                cipher, sig = body[:-64], body[-64:]
-                parts.append(pm.parse_ciphertexts(cipher[NONCE:], n=self._public.n, width=width))
+                parts.append(pm.parse_ciphertexts(up.body[NONCE:], n=self._public.n, width=width))
             except ProtocolError as err:
                 self.refused[cid] = f"client {cid}: {err}"
                 continue
-            rows.append(_STATEMENT.pack(cid, cipher[:NONCE], hashlib.sha256(cipher).digest(), sig))
+            rows.append(up.statement_row(up.body[:NONCE]))
+            ids.append(cid)
         if not parts:
             raise DropoutError("no valid encrypted input: every client dropped out")
         total = pm.ciphertext_product(parts, n=self._public.n, width=width)
         payload = _U32.pack(len(rows)) + b"".join(rows) + total
         self._done = True
-        ids = [cid for cid in bodies if cid not in self.refused]
-        messages = {cid: self._channel.seal(1, cid, payload) for cid in ids}
-        return ServerStep(messages=messages, final=True)
+        return ServerStep(messages=self._round.finish(ids, payload), final=True)
 
 
 def _parse_final(

@@ -51,6 +51,10 @@ scale 2**36) 1M parameters upload at 16.1 bytes each and the aggregate returns a
 21 bits of headroom in the 60-bit prime (|weighted sum| < 2**21, e.g. 209 clients at weight
 1e4 and |x| <= 1) and ~1e-8 noise per client; ``precise`` (N = 16384, two data primes, scale
 2**50) trades twice the bytes for 2**66 headroom and ~1e-12 noise. Bounds: :mod:`.params`.
+
+Range: a coordinate outside ``[-clip, clip]`` is refused before encryption
+(``out_of_range = "refuse"``, the default) or clipped (``"clip"``), the policy every protocol
+with a range shares (:mod:`crypto.core.valuerange`).
 """
 
 from __future__ import annotations

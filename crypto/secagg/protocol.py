@@ -228,8 +228,9 @@ class PairwiseMaskingProtocol(Protocol):
                 "total weight and who dropped when; each masked vector alone is uniformly random",
                 malicious="it cannot substitute public keys (relayed advertisements are signed), "
                 "read or alter sealed shares, or obtain both shares of one client: honest "
-                "clients sign one survivor set and reveal only with t signatures of the peer's "
-                "holders, and 2t - corrupt holders > k + 1, so the split attack fails; it can "
+                "clients endorse one survivor set (a signature, and HMAC tags to neighbours) "
+                "and reveal only with t endorsements of the peer's holders, and 2t - corrupt "
+                "holders > k + 1, so the split attack fails; it can "
                 "drop or exclude clients (dropouts)"
                 + (", and it chooses the graph randomness" if self.sparse else ""),
             ),

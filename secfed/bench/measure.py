@@ -165,7 +165,8 @@ class BenchRecord:
     drop_stage: int = -1
     learned_by: str = ""
     insecure: bool = False
-    authenticated: bool = True  # False: UNAUTHENTICATED mode (no roster), for comparison only
+    # secfed rows: signed (True) or the UNAUTHENTICATED mode (False); None for peers.
+    authenticated: bool | None = None
     options: str = ""
     note: str = ""
     error: str = ""

@@ -103,6 +103,7 @@ class SecAggClient(ClientSession):
         self._signed: list[int] | None = None  # the survivor set this client signed
         self._my_signature = b""
         self._endorse: dict[int, bytes] = {}  # peer -> consistency MAC key (authenticated)
+        self._holder_only = False  # holds neighbours' shares but contributes no input
 
     # -- dispatch ------------------------------------------------------------------------
     def handle(self, message: bytes) -> bytes | None:
@@ -153,15 +154,26 @@ class SecAggClient(ClientSession):
             advert = self._channel.open(original, stage=0, sender=pid, recipient=wire.SERVER)
             peers[pid] = msg.decode_keys(advert)
         t = self._params.graph.threshold
-        if len(peers) + 1 < t:
-            raise DropoutError(
-                f"only {len(peers)} neighbours of client {self.client_id} advertised keys; "
-                f"threshold {t} needs {t - 1}"
-            )
         own = {ka.public_bytes(self._c_key), ka.public_bytes(self._s_key)}
         for pid, (c_pk, s_pk) in peers.items():
             if c_pk in own or s_pk in own or c_pk == s_pk:
                 raise ProtocolError(f"client {pid} advertises a reflected or reused public key")
+        sid, me = self._sid, self.client_id
+        for pid in sorted(peers):
+            shared = self._exchange(self._c_key, peers[pid][0])
+            self._c_shared[pid] = shared
+            if self._channel.authenticated:
+                self._endorse[pid] = ka.derive(
+                    shared, session_id=sid, purpose="consistency", first=min(pid, me),
+                    second=max(pid, me),
+                )  # fmt: skip
+        self._peer_keys = peers
+        if len(peers) + 1 < t:
+            # Too few live holders to share its own secrets: it contributes no input this
+            # round but still holds its neighbours' shares (so its exclusion does not cascade).
+            log.info("client %d holds shares only: %d neighbours advertised keys", me, len(peers))
+            self._holder_only = True
+            return msg.encode_routed([], commit=bytes(msg.COMMIT_BYTES))
         self._b_seed = secrets.token_bytes(32)
         sk_int = int.from_bytes(ka.private_bytes(self._s_key), "little")
         holders = sorted([*peers, self.client_id])
@@ -170,27 +182,18 @@ class SecAggClient(ClientSession):
             threshold=t,
             xs=[h + 1 for h in holders],
         )
-        sid = self._sid
         b_own, sk_own = shares[self.client_id + 1]
         self._held[self.client_id] = (b_own, sk_own)
         rows = []
         for pid in sorted(peers):
-            shared = self._exchange(self._c_key, peers[pid][0])
-            self._c_shared[pid] = shared
-            if self._channel.authenticated:
-                self._endorse[pid] = ka.derive(
-                    shared, session_id=sid, purpose="consistency", first=min(pid, self.client_id),
-                    second=max(pid, self.client_id),
-                )  # fmt: skip
             key = ka.derive(
-                shared, session_id=sid, purpose="share-enc", first=self.client_id, second=pid
+                self._c_shared[pid], session_id=sid, purpose="share-enc", first=me, second=pid
             )
             b_sh, sk_sh = shares[pid + 1]
             plain = msg.share_plaintext(self.client_id, pid, b_sh, sk_sh)
             rows.append(
                 (pid, ka.seal(key, plain, aad=share_aad(self._tag, sid, self.client_id, pid)))
             )
-        self._peer_keys = peers
         commit = commitment(session_id=sid, client=self.client_id, seed=self._b_seed)
         return msg.encode_routed(rows, commit=commit)
 
@@ -203,16 +206,16 @@ class SecAggClient(ClientSession):
 
     # -- stage 2: masked input -----------------------------------------------------------
     def _mask(self, body: bytes) -> bytes | bytearray:
-        _, sealed = msg.decode_routed(body, with_commit=False)
+        contribute, sealed = msg.decode_share_delivery(body)
         stray = set(sealed) - set(self._peer_keys)
         if stray:
             raise ProtocolError(f"shares from clients {sorted(stray)} whose keys were never sent")
-        t = self._params.graph.threshold
-        if len(sealed) + 1 < t:
-            raise DropoutError(
-                f"only {len(sealed)} neighbours of client {self.client_id} shared their keys; "
-                f"threshold {t} needs {t - 1}"
+        if contribute and self._holder_only:
+            raise ProtocolError(
+                f"server asks client {self.client_id} for its input, but it shared no secrets"
             )
+        # Whether enough of this client's holders are live is the server's check (a holder
+        # that shares nothing itself still holds this client's shares).
         sid, me = self._sid, self.client_id
         for pid, blob in sealed.items():
             key = ka.derive(
@@ -224,6 +227,14 @@ class SecAggClient(ClientSession):
                 raise ProtocolError(f"share routed from {pid} names ({sender} -> {recipient})")
             self._held[pid] = (b_sh, sk_sh)
         self._mask_peers = frozenset(sealed)
+        if not contribute:  # excluded (too few of its holders left): it only holds shares
+            self._holder_only = True
+            self._b_seed, self._c_shared, self._held = (
+                b"",
+                {},
+                {p: v for p, v in self._held.items() if p != me},
+            )
+            return b""
         plus = [ka.derive(self._b_seed, session_id=sid, purpose="self-mask", first=me, second=me)]
         minus: list[bytes] = []
         for pid in sorted(sealed):
@@ -250,7 +261,11 @@ class SecAggClient(ClientSession):
 
     # -- stage 3: consistency check -----------------------------------------------------
     def _survivors(self, ids: list[int]) -> list[int]:
-        if self.client_id not in ids:
+        if self._holder_only and self.client_id in ids:
+            raise ProtocolError(
+                f"server lists client {self.client_id} as a survivor, but it sent no input"
+            )
+        if not self._holder_only and self.client_id not in ids:
             raise ProtocolError(
                 f"server lists client {self.client_id} as dropped although it sent its input"
             )
@@ -280,8 +295,10 @@ class SecAggClient(ClientSession):
                 "than the one it signed: the server shows clients inconsistent views; refusing"
             )
         statement = survivor_statement(self._sid, survivors)
-        if stray := (set(signatures) | set(tags)) - set(survivors):
-            raise ProtocolError(f"consistency signatures of clients {sorted(stray)}, not survivors")
+        if stray := (set(signatures) | set(tags)) - set(self.spec.cohort):
+            raise ProtocolError(
+                f"consistency signatures of clients {sorted(stray)}, not in the cohort"
+            )
         t = self._params.graph.threshold
         alive = set(survivors)
         # Ed25519 signatures are deterministic: our own needs no verification.
@@ -318,7 +335,8 @@ class SecAggClient(ClientSession):
                     break
             return count
 
-        for pid in sorted(self._mask_peers | {self.client_id}):
+        kept = self._mask_peers | (frozenset() if self._holder_only else {self.client_id})
+        for pid in sorted(kept):
             # Reveal nothing about pid unless t of pid's own share holders signed this set:
             # two sets with t such signatures each would need 2t - |holders| > corrupt signers.
             backing = backed(pid) if self._channel.authenticated else t
@@ -327,16 +345,9 @@ class SecAggClient(ClientSession):
                     f"only {backing} of client {pid}'s share holders signed the survivor set "
                     f"sent to client {self.client_id}; threshold {t}: refusing to unmask"
                 )
-        kept = self._mask_peers | {self.client_id}
         rows = [(p, msg.B_SHARE, self._held[p][0]) for p in sorted(kept & alive)]
         rows += [(p, msg.SK_SHARE, self._held[p][1]) for p in sorted(kept - alive)]
         rows.sort()
-        n_alive = len(kept & alive)
-        if n_alive < t:
-            raise DropoutError(
-                f"only {n_alive} of client {self.client_id}'s share holders survived; "
-                f"threshold {t}: refusing to unmask"
-            )
         self._held, self._endorse = {}, {}
         log.debug("client %d reveals %d shares", self.client_id, len(rows))
         return msg.encode_reveal(rows)

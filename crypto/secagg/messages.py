@@ -9,12 +9,14 @@ stage   server -> client                           client -> server
 ======  =========================================  =======================================
 0       graph seed(32) k(4) t(4) bits(1)           c_pk(32) s_pk(32)
 1       n(4) [id len(4) signed stage-0 reply]*n    commit(32) n(4) [recipient sealed]*n
-2       n(4) [sender sealed]*n                     weight(8, LE) masked vector
+2       role(1) n(4) [sender sealed]*n             weight(8, LE) masked vector, or nothing
 3       n(4) [survivor]*n                          signature(64) n(4) [recipient tag(16)]*n
 4       n(4) [survivor]*n m(4) [signer sig(64)]*m  n(4) [peer kind(1) share(33)]*n
         p(4) [signer tag(16)]*p
 ======  =========================================  =======================================
 
+At stage 2 ``role`` is 1 for a contributor and 0 for a client that only holds shares (too
+few of its own holders are live for it to contribute; it answers with an empty payload).
 A sealed share is AES-GCM of ``sender(4) recipient(4) b_share(33) sk_share(33)``. Stage 1
 relays each neighbour's own signed key advertisement, so clients check each other's keys
 against the roster; stages 3 and 4 are the consistency check of Bonawitz et al. At stage 3 a
@@ -119,6 +121,18 @@ def decode_routed(body: bytes, *, with_commit: bool) -> tuple[bytes, dict[int, b
     rows, end = _unpack_list(body, _ROUTED, "sealed shares", start)
     _done(body, end, "sealed shares")
     return body[:start], {int(r[0]): bytes(r[1]) for r in rows}
+
+
+def encode_share_delivery(contribute: bool, rows: Sequence[tuple[int, bytes]]) -> bytes:
+    """Stage 2: the client's role (contribute, or hold shares only) and its sealed shares."""
+    return bytes([contribute]) + encode_routed(rows)
+
+
+def decode_share_delivery(body: bytes) -> tuple[bool, dict[int, bytes]]:
+    if not body or body[0] not in (0, 1):
+        raise ProtocolError("share delivery has no valid role byte")
+    _, rows = decode_routed(body[1:], with_commit=False)
+    return bool(body[0]), rows
 
 
 def share_plaintext(sender: int, recipient: int, b_share: int, sk_share: int) -> bytes:

@@ -25,12 +25,16 @@ recipient; signatures are checked against the job's roster, :mod:`crypto.core.id
    itself, encrypts each neighbour's shares with AES-GCM under HKDF(X25519(c)), keyed per
    direction and bound (associated data) to protocol, attempt, sender and recipient, and
    commits to ``b`` by hash.
-2. *masked input*: the server routes the sealed shares. The client sends, modulo ``2**m``,
+2. *masked input*: the server routes the sealed shares and tells each client whether it
+   contributes (a client left with fewer than ``t`` live holders only holds shares and
+   answers with nothing). A contributor sends, modulo ``2**m``,
    ``round(w * clip(x) * scale) + PRG(b) + sum_v ±PRG(s_uv)`` (``+`` towards larger ids)
    over its neighbours ``v`` that shared keys, where ``s_uv`` is HKDF of X25519(s) and PRG
    is AES-256-CTR; plus its weight ``round(w * 2**32)`` masked modulo 2**64.
 3. *consistency check* (Bonawitz et al. 2017, Bell et al. 2020): the server sends the set
-   ``U`` of clients whose masked input arrived; a client in ``U`` signs ``(attempt, U)``, once,
+   ``U`` of clients whose masked input arrived to every client still holding shares; each
+   signs ``(attempt, U)``, once (refusing a ``U`` that lists it wrongly as dropped or, for a
+   client that only holds shares, as a survivor),
    and endorses the same statement to each neighbour with an HMAC tag under HKDF of their
    X25519(c) secret (direction inside the MAC), which only the two can make.
 4. *unmasking*: the server returns ``U`` with the signatures it collected and the tags
@@ -80,16 +84,15 @@ Threat model (clients may drop at any stage; "holders" of a client: its neighbou
 * *dropouts*: any ``k + 1 - t`` dropouts at any stage (``max_dropouts``; ``n - t`` for
   secagg) are recovered exactly; secagg+ also survives a ``max_dropout_fraction`` of random
   dropouts with probability ``1 - 2**-20``. Otherwise the round fails with ``DropoutError``,
-  never a wrong sum. A client dropping during key setup only removes itself (and any
-  neighbour left with fewer than ``t`` holders), and such exclusions cascade: an excluded
-  client stops being a holder too, so when more than ``k + 1 - t`` clients adjacent on the
-  ring vanish before key sharing, the exclusions run round the ring and the round ends in
-  ``DropoutError`` (never a wrong sum; the xfail test
-  ``test_two_adjacent_dropouts_at_key_setup_exclude_only_their_weak_neighbours``). Only
-  ``max_dropouts`` anywhere, or random dropouts at the tuned rate, are guaranteed. (Building
-  the graph over the clients whose keys arrived would let a malicious server pick each
-  client's neighbours by what it reports as arrived; keeping excluded clients as holders
-  that contribute no input is the fix, not done.) Malicious-server safety costs sparsity: at
+  never a wrong sum. A client dropping during key setup only removes itself: a neighbour
+  left with fewer than ``t`` live holders (at key setup or key sharing) contributes no input
+  but stays in the round holding its neighbours' shares (it answers the masked-input stage
+  with nothing, signs the survivor set and reveals like any holder), so excluding it takes
+  no holder from anyone and exclusions do not cascade round the ring
+  (``test_two_adjacent_dropouts_at_key_setup_exclude_only_their_weak_neighbours``). The
+  graph stays the one over the whole cohort: building it over the clients whose keys
+  arrived would let a malicious server choose each client's neighbours by what it reports
+  as arrived. Malicious-server safety costs sparsity: at
   30% dropouts and 20% corrupt clients the graph stays complete up to about 1,000 clients
   (``k = 114, t = 80`` at ``n = 1000`` with 10% and 10%).
 

@@ -50,6 +50,8 @@ class SecAggServer(ServerSession):
         self._keys: dict[int, tuple[bytes, bytes]] = {}
         self._commits: dict[int, bytes] = {}
         self._shared: set[int] = set()  # U2: clients whose shares were delivered
+        self._contributors: set[int] = set()  # clients with t live holders at key setup
+        self._present: set[int] = set()  # clients holding shares (answered stage 1)
         self._requests: dict[int, tuple[list[int], list[int]]] = {}
         self._acc = np.zeros(0, dtype=np.uint32)
         self._tail = 0
@@ -100,16 +102,16 @@ class SecAggServer(ServerSession):
         return self._result
 
     # -- helpers -------------------------------------------------------------------------
-    def _prune(self, live: set[int], what: str) -> set[int]:
-        """Drop clients with fewer than ``t`` live holders, until none is left to drop."""
+    def _able(self, candidates: set[int], holders: set[int], what: str) -> set[int]:
+        """The candidates with at least ``t`` live holders among ``holders`` (and themselves).
+
+        The others stay in the round as holders of their neighbours' shares, contributing no
+        input, so excluding one never takes a holder from anyone else: no cascade.
+        """
         t = self._params.graph.threshold
-        live = set(live)
-        while True:
-            weak = {u for u in live if len(self._nbrs(u) & live) + 1 < t}
-            if not weak:
-                break
-            log.info("secagg: excluding %s with too few live neighbours %s", sorted(weak), what)
-            live -= weak
+        live = {u for u in candidates if len(self._nbrs(u) & holders) + 1 >= t}
+        if weak := candidates - live:
+            log.info("secagg: %s hold shares only, too few live holders %s", sorted(weak), what)
         if not live:
             raise DropoutError(
                 f"too many clients dropped {what}: no client of the cohort of "
@@ -129,11 +131,12 @@ class SecAggServer(ServerSession):
                     raise ProtocolError(f"client {cid} reuses a public key of client {seen[pk]}")
                 seen[pk] = cid
             keys[cid] = (c_pk, s_pk)
-        live = self._prune(set(keys), "before key sharing")
-        self._keys = {c: keys[c] for c in live}
+        present = set(keys)
+        self._contributors = self._able(present, present, "before key sharing")
+        self._keys = keys
         return {
-            u: msg.encode_relayed([(v, self._adverts[v]) for v in sorted(self._nbrs(u) & live)])
-            for u in sorted(live)
+            u: msg.encode_relayed([(v, self._adverts[v]) for v in sorted(self._nbrs(u) & present)])
+            for u in sorted(present)
         }
 
     # -- stage 1 -> 2 --------------------------------------------------------------------
@@ -141,7 +144,8 @@ class SecAggServer(ServerSession):
         sealed: dict[int, dict[int, bytes]] = {}
         for cid, body in bodies.items():
             commit, rows = msg.decode_routed(body, with_commit=True)
-            want = sorted(self._nbrs(cid) & set(self._keys))
+            mine = self._nbrs(cid) & set(self._keys) if cid in self._contributors else set()
+            want = sorted(mine)
             if sorted(rows) != want:
                 raise ProtocolError(
                     f"client {cid} sent shares for {sorted(rows)}, expected its live "
@@ -149,46 +153,55 @@ class SecAggServer(ServerSession):
                 )
             self._commits[cid] = commit
             sealed[cid] = rows
-        live = self._prune(set(sealed), "while sharing keys")
+        self._present = set(sealed)  # they hold shares from now on
+        live = self._able(self._present & self._contributors, self._present, "while sharing keys")
         self._shared = live
         n_words = self._params.words
         self._acc = np.zeros(n_words, dtype=np.uint32)
         return {
-            v: msg.encode_routed([(u, sealed[u][v]) for u in sorted(self._nbrs(v) & live)])
-            for v in sorted(live)
+            v: msg.encode_share_delivery(
+                v in live, [(u, sealed[u][v]) for u in sorted(self._nbrs(v) & live)]
+            )
+            for v in sorted(self._present)
         }
 
     # -- stage 2 -> 3 --------------------------------------------------------------------
     def _on_masked(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
         bits = self._params.modulus_bits
         for cid, body in bodies.items():
+            if cid not in self._shared:  # a holder only: it owes no input
+                if body:
+                    raise ProtocolError(f"client {cid} holds shares only but sent an input")
+                continue
             if len(body) != 8 + self._params.packed_bytes:
                 raise ProtocolError(
                     f"client {cid} sent a masked input of {len(body)} bytes, expected "
                     f"{8 + self._params.packed_bytes}"
                 )
-        for body in bodies.values():
+        survived = set(bodies) & self._shared
+        for body in (bodies[c] for c in sorted(survived)):
             unpack_add(self._acc, body[8:], bits=bits)
             self._tail = (self._tail + int.from_bytes(body[:8], "little")) & _U64
-        survived = set(bodies)
+        answered = set(bodies)  # survivors and holders: they reveal shares
         if not survived:
             raise DropoutError("every client dropped before sending its masked input")
         t = self._params.graph.threshold
         for u in sorted(self._shared):
-            holders = (self._nbrs(u) & self._shared) | {u}
+            holders = (self._nbrs(u) & self._present) | {u}
             needed = u in survived or bool(self._nbrs(u) & survived)
-            if needed and len(holders & survived) < t:
+            if needed and len(holders & answered) < t:
                 raise DropoutError(
-                    f"client {u}'s masks cannot be removed: only {len(holders & survived)} of "
+                    f"client {u}'s masks cannot be removed: only {len(holders & answered)} of "
                     f"its share holders are left, threshold {t} "
                     f"({self._params.graph.max_dropouts} dropouts tolerated)"
                 )
-        for u in sorted(survived):
+        for u in sorted(answered):
             peers = self._nbrs(u) & self._shared
-            self._requests[u] = (sorted((peers & survived) | {u}), sorted(peers - survived))
+            own = {u} & survived
+            self._requests[u] = (sorted((peers & survived) | own), sorted(peers - survived))
         self._survivors = sorted(survived)
         listing = msg.encode_ids(self._survivors)
-        return dict.fromkeys(self._survivors, listing)
+        return dict.fromkeys(sorted(answered), listing)
 
     # -- stage 3 -> 4: consistency check -------------------------------------------------
     def _on_signed(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
@@ -210,7 +223,7 @@ class SecAggServer(ServerSession):
         t = self._params.graph.threshold
         signers = set(signatures)
         for u in sorted(signers):
-            for p in [u, *self._requests[u][0], *self._requests[u][1]]:
+            for p in [*self._requests[u][0], *self._requests[u][1]]:
                 backing = len(signers & self._graph.holders(p))
                 if backing < t:
                     raise DropoutError(
@@ -219,7 +232,7 @@ class SecAggServer(ServerSession):
                     )
         out = {}
         for u in sorted(signers):
-            kept = {u, *self._requests[u][0], *self._requests[u][1]}
+            kept = {*self._requests[u][0], *self._requests[u][1]}
             relevant = set().union(*(self._graph.holders(p) for p in kept)) & signers
             out[u] = msg.encode_unmask(
                 self._survivors,

@@ -325,9 +325,9 @@ def test_misrouted_sealed_share_is_rejected():
     _, clients, messages = _to_stage(proto, spec, vecs, weights, 2)
     # Deliver client 1's share list to client 0 under client 0's header.
     body = _body(messages[1])
-    _, rows = msg.decode_routed(body, with_commit=False)
+    contribute, rows = msg.decode_share_delivery(body)
     rows = {0 if s == 1 else s: blob for s, blob in rows.items()}
-    forged = _reframe(messages[0], msg.encode_routed(sorted(rows.items())))
+    forged = _reframe(messages[0], msg.encode_share_delivery(contribute, sorted(rows.items())))
     with pytest.raises(ProtocolError):
         clients[0].handle(forged)
 
@@ -449,17 +449,12 @@ def test_integer_dp_noise_passes_through_exactly():
     assert np.array_equal(sums[1] - sums[0], sum(noise.values()) * proto.quantum)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=DropoutError,
-    reason="issue 15 item 5, open: excluding a client at key setup also removes it as a share "
-    "holder, so exclusions cascade around the ring (needs holder-only clients)",
-)
 def test_two_adjacent_dropouts_at_key_setup_exclude_only_their_weak_neighbours(monkeypatch):
-    # k = 4, t = 4 (one dropout per neighbourhood guaranteed). Two ring-adjacent clients drop
-    # before key setup: the two clients next to the pair keep 3 < t live holders and cannot
-    # share; everyone else still has t. The round should aggregate the other 12 exactly; today
-    # excluding those two drops their neighbours below t in turn, until nobody is left.
+    # Issue 15 item 5. k = 4, t = 4 (one dropout per neighbourhood guaranteed). Two
+    # ring-adjacent clients drop before key setup: the two clients next to the pair keep
+    # 3 < t live holders and cannot share; everyone else still has t. The other 12 aggregate
+    # exactly. (Before holder-only clients, excluding those two dropped their neighbours
+    # below t in turn, round the ring, until the round ended in DropoutError.)
     import crypto.secagg.server as server_mod
     from crypto.secagg.graph import ring_order
 
@@ -474,3 +469,28 @@ def test_two_adjacent_dropouts_at_key_setup_exclude_only_their_weak_neighbours(m
     ids = [c for c in range(n) if c not in drop and c not in weak]
     assert out.aggregate.contributors == tuple(ids)
     assert np.array_equal(out.aggregate.weighted_sum, _exact(proto, vecs, weights, ids))
+
+
+def test_a_client_holding_shares_only_refuses_to_be_listed_as_a_survivor(monkeypatch):
+    import crypto.secagg.server as server_mod
+    from crypto.secagg.graph import ring_order
+
+    seed = b"r" * 32
+    monkeypatch.setattr(server_mod.secrets, "token_bytes", lambda n: seed[:n])
+    proto = _proto("secagg+", **{**SPARSE, "threshold": 4})
+    n = 16
+    order = ring_order(list(range(n)), seed=seed)
+    spec = RoundSpec("t", 1, tuple(range(n)), 9)
+    vecs, weights = _inputs(n, 9, weight_max=20)
+    server = proto.server_session(spec)
+    clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
+    messages = server.start()
+    gone = {order[5], order[6]}
+    for _ in range(3):  # keys, shares, masked input; two ring neighbours never answer
+        replies = {c: clients[c].handle(m) for c, m in messages.items() if c not in gone}
+        messages = server.advance(replies).messages
+    holder = order[4]
+    assert holder in messages and holder not in server._survivors  # it sent no input
+    lie = server._channel.seal(3, holder, msg.encode_ids(sorted([*server._survivors, holder])))
+    with pytest.raises(ProtocolError, match="sent no input"):
+        clients[holder].handle(lie)

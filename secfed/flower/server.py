@@ -324,6 +324,7 @@ class FlowerRunner(FederatedRunner):
         assert self._first is not None, "train_cohort runs before aggregate"
         server, first, delivery = self._first
         self._first = None
+        self.clipped_coordinates = None  # counted by each node's session, not reported here
         transport = FlowerTransport(
             self.exchange, server.spec, self.nodes, timeout=self.stage_timeout, first=delivery
         )

@@ -83,7 +83,9 @@ class FederatedRunner(LocalTraining, JobOutputs):
         if cfg.privacy.sample.enabled:
             privacy.check_dp_support(self.parts.model)
         self.user_dp = UserLevelDP(cfg, self.protocol) if cfg.privacy.user.enabled else None
-        self.clipped_coordinates = 0  # of the last aggregated round (out_of_range = "clip")
+        # Coordinates clipped in the last aggregated round (out_of_range = "clip"); None where
+        # the client sessions run elsewhere (Flower nodes).
+        self.clipped_coordinates: int | None = 0
         initial = models.adapter_vector(self.parts.model).astype(np.float64)
         self.initial_vector = initial.copy()  # the local-only baseline starts here too
         self.state = JobState(round=0, job_id="", global_vector=initial)

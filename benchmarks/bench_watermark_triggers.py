@@ -17,7 +17,10 @@ is ``secfed-wm/3`` itself); ``hinge`` = the same with a margin-3 hinge on the lo
 instead of cross-entropy; ``rule`` = a keyed-token rule (COUNT secret tokens each with a
 random label, fresh random filler around three copies of the token every step, so the
 model learns a rule rather than a list; verified by majority vote over 4 fixed triggers
-per token, which keeps an exact binomial null over the tokens). ``none`` = no triggers.
+per token, which keeps an exact binomial null over the tokens). ``lookahead`` = the
+scheme's sequences, each trigger gradient taken at the weights ``--lookahead`` sign-steps of lr 5e-3
+along the task gradient would reach (first-order meta-learning against fine-tuning).
+``none`` = no triggers.
 
 Usage: ``python benchmarks/bench_watermark_triggers.py [--settings ...] [--json F]``.
 The key is fixed (seed below, not secret) so that settings are comparable.
@@ -45,8 +48,12 @@ from secfed.watermark.verify import live_params, trigger_domain
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "watermark.toml"
 KEY = wm.WatermarkKey(seed=bytes(range(32)), triggers=True)  # fixed, not secret: a benchmark
-DEFAULT = "none:0:0,seq:256:0.6,seq:256:1.0,seq:128:1.0,hinge:256:0.6,rule:64:1.0,rule:128:1.0"
+DEFAULT = (
+    "none:0:0,seq:256:0.6,seq:256:1.0,seq:128:1.0,hinge:256:0.6,rule:64:1.0,rule:128:1.0,"
+    "lookahead:256:0.6,lookahead:256:1.0"
+)
 VOTES = 4  # fixed verification triggers per secret token (rule)
+LOOKAHEAD_LR = 5e-3  # the simulated attacker's step (lookahead)
 
 
 class _Rule:
@@ -81,7 +88,9 @@ def _hinge_grads(model: Any, params: dict[str, Any], ids: Any, labels: Any, weig
     return {n: g for n, g in zip(params, grads, strict=True) if g is not None}
 
 
-def run_setting(kind: str, count: int, weight: float, *, epochs: int) -> dict[str, Any]:
+def run_setting(
+    kind: str, count: int, weight: float, *, epochs: int, lookahead: int
+) -> dict[str, Any]:
     """Embed one setting from the pre-trained base, then attack it by fine-tuning."""
     cfg = load_config(EXAMPLE)
     parts = build_parts(cfg)
@@ -100,6 +109,19 @@ def run_setting(kind: str, count: int, weight: float, *, epochs: int) -> dict[st
         params = live_params(m)
         if kind == "seq":
             grads, state["cursor"] = rehearsal.gradients(m, params, start=state["cursor"])
+        elif kind == "lookahead":
+            # First-order meta-learning against the fine-tuning attack: the trigger gradient
+            # is taken where ``lookahead`` Adam-like steps along the task gradient (held in
+            # .grad) would move the weights, and applied at the current weights.
+            saved = {n: p.detach().clone() for n, p in params.items()}
+            with torch.no_grad():
+                for p in params.values():
+                    if p.grad is not None:
+                        p.sub_(LOOKAHEAD_LR * lookahead * torch.sign(p.grad))
+            grads, state["cursor"] = rehearsal.gradients(m, params, start=state["cursor"])
+            with torch.no_grad():
+                for n, p in params.items():
+                    p.copy_(saved[n])
         elif kind == "hinge":
             idx = (torch.arange(32) + state["cursor"]) % count
             state["cursor"] = int(idx[-1]) + 1
@@ -153,6 +175,7 @@ def run_setting(kind: str, count: int, weight: float, *, epochs: int) -> dict[st
         "kind": kind,
         "triggers": count,
         "weight": weight,
+        "lookahead_steps": lookahead if kind == "lookahead" else None,
         "train_seconds": round(time.perf_counter() - t0, 1),
         "trigger_ms_per_step": round(1e3 * state["seconds"] / max(state["steps"], 1), 1),
         "accuracy": training.evaluate(model, parts.test_set)["accuracy"],
@@ -175,15 +198,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--settings", default=DEFAULT)
     ap.add_argument("--epochs", type=int, default=3, help="epochs over the pooled splits")
+    ap.add_argument("--lookahead", type=int, default=20, help="sign-steps of the lookahead")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for spec in args.settings.split(","):
         kind, count, weight = spec.split(":")
-        if kind not in ("none", "seq", "hinge", "rule"):
-            raise SystemExit(f"unknown setting kind {kind!r}; use none, seq, hinge or rule")
-        rows.append(run_setting(kind, int(count), float(weight), epochs=args.epochs))
+        if kind not in ("none", "seq", "hinge", "rule", "lookahead"):
+            raise SystemExit(
+                f"unknown setting kind {kind!r}; use none, seq, hinge, rule or lookahead"
+            )
+        rows.append(
+            run_setting(
+                kind, int(count), float(weight), epochs=args.epochs, lookahead=args.lookahead
+            )
+        )
         print(json.dumps(rows[-1]), flush=True)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")

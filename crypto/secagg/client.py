@@ -260,11 +260,12 @@ class SecAggClient(ClientSession):
             {self.client_id: True} if signatures.get(self.client_id) == self._my_signature else {}
         )
         graph = self._graph
+        signers = frozenset(signatures)
 
         def backed(pid: int) -> int:
             # Verify lazily, and only until t of pid's holders are found to have signed.
             count = 0
-            for signer in sorted(graph.holders(pid) & set(signatures)):
+            for signer in sorted(graph.holders(pid) & signers):
                 if signer not in valid:
                     self._channel.check_signature(
                         signer, signatures[signer], statement, what="consistency check"

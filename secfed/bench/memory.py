@@ -13,9 +13,10 @@ like any client holds its update. Reported per party: the high-water mark, the p
 baseline, and that part over the float32 size of the update (``4 * params``); the largest
 finished worker process (Paillier's pool) is reported on its own, not added.
 
-The server's process holds every reply of a stage at once: the session API hands a server all
-replies of a stage together (:meth:`crypto.ServerSession.advance`), so its figure grows with the
-cohort.
+The server's process hands each reply to its session as it arrives
+(:meth:`crypto.ServerSession.receive`, then :meth:`~crypto.ServerSession.close_stage`): plain,
+secagg and secagg+ add it to a running sum at once, so their figure does not grow with the cohort;
+the other protocols keep a stage's replies until it closes.
 """
 
 from __future__ import annotations
@@ -86,7 +87,11 @@ def _party(conn: Connection, role: str, setup: dict[str, Any]) -> None:
             server = proto.server_session(spec)
             _send_map(conn, server.start())
             while conn.recv_bytes() == b"advance":
-                step = server.advance(_recv_map(conn.recv_bytes))
+                (count,) = _U32.unpack(conn.recv_bytes())
+                for _ in range(count):  # each reply handed over as it arrives, then let go
+                    (cid,) = _U32.unpack(conn.recv_bytes())
+                    server.receive(cid, conn.recv_bytes())
+                step = server.close_stage()
                 conn.send_bytes(b"final" if step.final else b"more")
                 _send_map(conn, step.messages)
         peak = _status_kb("VmHWM")

@@ -58,6 +58,12 @@ class _CpuTimed:
     def advance(self, replies: Any) -> Any:
         return self._timed(self.inner.advance, replies)
 
+    def receive(self, client: int, reply: bytes) -> None:
+        self._timed(self.inner.receive, client, reply)
+
+    def close_stage(self) -> Any:
+        return self._timed(self.inner.close_stage)
+
     def aggregate(self) -> Any:
         return self.inner.aggregate()
 

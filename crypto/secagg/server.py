@@ -237,9 +237,12 @@ class SecAggServer(ServerSession):
             signatures[cid] = body.ljust(msg.SIGNATURE_BYTES, b"\0")
         t = self._params.graph.threshold
         signers = set(signatures)
+        backed: dict[int, int] = {}  # p -> how many of p's holders signed (once per p)
         for u in sorted(signers):
             for p in [u, *self._requests[u][0], *self._requests[u][1]]:
-                backing = len(signers & self._graph.holders(p))
+                if p not in backed:
+                    backed[p] = len(signers & self._graph.holders(p))
+                backing = backed[p]
                 if backing < t:
                     raise DropoutError(
                         f"only {backing} of client {p}'s share holders signed the survivor set, "

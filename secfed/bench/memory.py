@@ -5,8 +5,8 @@ the server each run in a fresh ``spawn`` process; the other clients run in the b
 messages travel over pipes (raw bytes in 1 MiB pieces read into one buffer, so nothing is
 pickled or held twice on the way). Each party process records its resident set size after
 importing and setting up the protocol and running an 8-parameter round of it in-process
-(``baseline``: interpreter, libraries, keys, first-use tables such as Paillier's) and its high-water mark at the end
-(``VmHWM`` of ``/proc/self/status``, which, unlike ``ru_maxrss``, restarts at ``exec`` and so
+(``baseline``: interpreter, libraries, keys, first-use tables such as Paillier's) and its
+high-water mark at the end (``VmHWM`` of ``/proc/self/status``, which, unlike ``ru_maxrss``, restarts at ``exec`` and so
 does not inherit the bench process's size), and the largest ``VmHWM`` of its live worker
 processes (a Paillier pool). The client receives its update as raw float32 bytes, which it holds
 like any client holds its update. Reported per party: the high-water mark, the part above the

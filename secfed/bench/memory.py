@@ -6,12 +6,13 @@ messages travel over pipes (raw bytes in 1 MiB pieces read into one buffer, so n
 pickled or held twice on the way). Each party process records its resident set size after
 importing and setting up the protocol and running an 8-parameter round of it in-process
 (``baseline``: interpreter, libraries, keys, first-use tables such as Paillier's) and its
-high-water mark at the end (``VmHWM`` of ``/proc/self/status``, which, unlike ``ru_maxrss``, restarts at ``exec`` and so
-does not inherit the bench process's size), and the largest ``VmHWM`` of its live worker
-processes (a Paillier pool). The client receives its update as raw float32 bytes, which it holds
-like any client holds its update. Reported per party: the high-water mark, the part above the
-baseline, and that part over the float32 size of the update (``4 * params``); the largest
-finished worker process (Paillier's pool) is reported on its own, not added.
+high-water mark at the end (``VmHWM`` of ``/proc/self/status``, which, unlike ``ru_maxrss``,
+restarts at ``exec`` and so does not inherit the bench process's size), and the largest
+``VmHWM`` of its live worker processes (a Paillier pool). The client receives its update as raw
+float32 bytes, which it holds like any client holds its update. Reported per party: the
+high-water mark, the part above the baseline, and that part over the float32 size of the update
+(``4 * params``); the largest finished worker process (Paillier's pool) is reported on its own,
+not added.
 
 The server's process hands each reply to its session as it arrives
 (:meth:`crypto.ServerSession.receive`, then :meth:`~crypto.ServerSession.close_stage`): plain,

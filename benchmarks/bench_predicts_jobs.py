@@ -5,8 +5,8 @@ Usage::
     python benchmarks/bench_predicts_jobs.py [--protocols plain,secagg,secagg+,ckks]
         [--rank 2048] [--rounds 3] [--repeats 3] [--json FILE]
 
-For each protocol: the default job (``examples/default.toml``: built-in tiny BERT, 4 clients)
-with LoRA rank ``--rank`` (2048 gives about 1M adapter parameters) runs ``--rounds`` rounds;
+For each protocol: the default job (``examples/default.toml``: built-in tiny BERT, 4 clients,
+400 examples, one local epoch) with LoRA rank ``--rank`` (2048 gives about 1M adapter parameters) runs ``--rounds`` rounds;
 its per-round crypto time is read back from ``metrics.jsonl`` (``phases.aggregate``: the
 runner's whole ``crypto.run_round`` call, sessions built, every client's and the server's
 work; ``phases.aggregate_server``: the server's share). Then the bench measures the same
@@ -29,6 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import crypto
+from crypto.core import identity
 from secfed.bench.e2e import DEFAULT_JOB
 from secfed.bench.measure import measure_point
 from secfed.bench.workload import Point
@@ -49,6 +50,7 @@ def run_job(name: str, *, rank: int, rounds: int, tmp: Path) -> dict[str, Any]:
     cfg = load_config(DEFAULT_JOB).with_overrides(
         adapter={"method": "lora", "options": {"r": rank, "lora_alpha": 2 * rank}},
         federation={"rounds": rounds, "local_epochs": 1},
+        data={"num_examples": 400},  # short training: only the crypto phase is compared
         aggregation={"protocol": name, "options": OPTIONS.get(name, {})},
     )
     runner = FederatedRunner(cfg, tmp / f"job-{name}")
@@ -67,6 +69,7 @@ def run_job(name: str, *, rank: int, rounds: int, tmp: Path) -> dict[str, Any]:
 def run_bench(name: str, *, params: int, clients: int, repeats: int, tmp: Path) -> dict[str, Any]:
     """What ``secfed bench`` reports for the same protocol, options and size."""
     proto = crypto.create_protocol(name, **OPTIONS.get(name, {}))
+    proto.use_identities(identity.generate(range(clients)))  # signed, as secfed bench does
     proto.setup(job_id="secfed-bench", key_dir=tmp / f"keys-{name}")
     rec = measure_point(proto, Point(name, params, clients, 0), repeats=repeats)
     if rec.error:

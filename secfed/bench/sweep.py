@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import crypto
+from crypto.core import identity
 
 from . import baselines
 from .measure import BenchRecord, MemoryProbe, measure_point
@@ -122,6 +123,12 @@ def run_sweep(cfg: SweepConfig, *, advance: Progress | None = None) -> list[dict
             try:
                 opts, insecure = protocol_options(cfg, name)
                 proto = crypto.create_protocol(name, **opts)
+                # Authenticated like a job: a roster for the largest cohort, saved where the
+                # memory probe's party processes load it (Protocol.setup).
+                roster = identity.load_or_create(
+                    Path(keys) / name / identity.SUBDIR, range(max(p.clients for p in points))
+                )
+                proto.use_identities(roster)
                 t = time.perf_counter()
                 proto.setup(job_id="secfed-bench", key_dir=Path(keys) / name)
                 setup_s = time.perf_counter() - t

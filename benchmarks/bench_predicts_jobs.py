@@ -6,8 +6,8 @@ Usage::
         [--rank 2048] [--rounds 3] [--repeats 3] [--json FILE]
 
 For each protocol: the default job (``examples/default.toml``: built-in tiny BERT, 4 clients,
-400 examples, one local epoch) with LoRA rank ``--rank`` (2048 gives about 1M adapter parameters) runs ``--rounds`` rounds;
-its per-round crypto time is read back from ``metrics.jsonl`` (``phases.aggregate``: the
+400 examples, one local epoch) with LoRA rank ``--rank`` (2048 gives about 1M adapter
+parameters) runs ``--rounds`` rounds; its per-round crypto time is read back from ``metrics.jsonl`` (``phases.aggregate``: the
 runner's whole ``crypto.run_round`` call, sessions built, every client's and the server's
 work; ``phases.aggregate_server``: the server's share). Then the bench measures the same
 protocol, options, cohort size and parameter count (:func:`secfed.bench.measure.measure_point`:

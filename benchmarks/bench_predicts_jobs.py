@@ -7,12 +7,13 @@ Usage::
 
 For each protocol: the default job (``examples/default.toml``: built-in tiny BERT, 4 clients,
 400 examples, one local epoch) with LoRA rank ``--rank`` (2048 gives about 1M adapter
-parameters) runs ``--rounds`` rounds; its per-round crypto time is read back from ``metrics.jsonl`` (``phases.aggregate``: the
-runner's whole ``crypto.run_round`` call, sessions built, every client's and the server's
-work; ``phases.aggregate_server``: the server's share). Then the bench measures the same
-protocol, options, cohort size and parameter count (:func:`secfed.bench.measure.measure_point`:
-``round_s``, ``aggregate_s``). The ratio job / bench is printed per protocol; the issue's
-target is at most 1.5. Same process, back to back, so the machine's load affects both alike.
+parameters) runs ``--rounds`` rounds; its per-round crypto time is read back from
+``metrics.jsonl`` (``phases.aggregate``: the runner's whole ``crypto.run_round`` call, sessions
+built, every client's and the server's work; ``phases.aggregate_server``: the server's share).
+Then the bench measures the same protocol, options, cohort size and parameter count
+(:func:`secfed.bench.measure.measure_point`: ``round_s``, ``aggregate_s``), with messages
+signed as in the job. The ratio job / bench is printed per protocol; the issue's target is at
+most 1.5. Same process, back to back, so the machine's load affects both alike.
 """
 
 from __future__ import annotations

@@ -59,7 +59,10 @@ class PlainClient(ClientSession):
             raise ProtocolError(f"client {self.client_id} already answered this round: replay")
         self._channel.open(message, stage=0, sender=wire.SERVER)
         self._answered = True
-        payload = _WEIGHT.pack(self.weight) + self.vector.astype("<f4").tobytes()
+        # weight || float32 update, written into one buffer (no intermediate copies)
+        payload = bytearray(_WEIGHT.size + 4 * self.vector.shape[0])
+        _WEIGHT.pack_into(payload, 0, self.weight)
+        np.frombuffer(payload, dtype="<f4", offset=_WEIGHT.size)[:] = self.vector
         return self._channel.seal(0, wire.SERVER, payload)
 
 

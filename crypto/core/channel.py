@@ -40,12 +40,12 @@ log = logging.getLogger(__name__)
 _DOMAIN = b"secfed/msg/v2"
 
 
-def _signed_data(head: bytes, key: bytes, payload: bytes | memoryview) -> bytes:
+def _signed_data(head: bytes, key: bytes, payload: bytes | bytearray | memoryview) -> bytes:
     """What a frame's signature covers: domain, header, carried key, the payload's SHA-256."""
     return _DOMAIN + head + key + hashlib.sha256(payload).digest()
 
 
-def _mac(pair_key: bytes, head: bytes, payload: bytes | memoryview) -> bytes:
+def _mac(pair_key: bytes, head: bytes, payload: bytes | bytearray | memoryview) -> bytes:
     """GMAC of ``payload`` under a key unique to this header (and hence to this message)."""
     key = hmac.new(pair_key, _DOMAIN + b"/mac" + head, hashlib.sha256).digest()
     return AESGCM(key).encrypt(bytes(12), b"", payload)
@@ -129,7 +129,7 @@ class Channel:
             ) from None
         return self._pair[peer]
 
-    def seal(self, stage: int, recipient: int, payload: bytes) -> bytes:
+    def seal(self, stage: int, recipient: int, payload: bytes | bytearray) -> bytes:
         """Frame and authenticate ``payload`` for ``recipient``."""
         if self.nonce is None:
             raise ProtocolError("a client cannot send before the server opened the round")
@@ -154,10 +154,11 @@ class Channel:
             keyed=pair is None, maced=pair is not None,
         )  # fmt: skip
         if pair is not None:
-            return head + payload + _mac(pair, head, payload)
+            return b"".join((head, payload, _mac(pair, head, payload)))  # one copy of payload
         key = ka.public_bytes(self._eph)
         self._sent_key.add(recipient)
-        return head + key + payload + self.keyring.sign(self.me, _signed_data(head, key, payload))
+        signature = self.keyring.sign(self.me, _signed_data(head, key, payload))
+        return b"".join((head, key, payload, signature))
 
     def open(
         self, message: bytes, *, stage: int, sender: int, recipient: int | None = None

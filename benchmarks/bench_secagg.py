@@ -58,6 +58,12 @@ class _CpuTimed:
     def advance(self, replies: Any) -> Any:
         return self._timed(self.inner.advance, replies)
 
+    def receive(self, client: int, reply: bytes) -> None:
+        self._timed(self.inner.receive, client, reply)
+
+    def close_stage(self) -> Any:
+        return self._timed(self.inner.close_stage)
+
     def aggregate(self) -> Any:
         return self.inner.aggregate()
 
@@ -74,13 +80,14 @@ def run_case(
     repeats: int = 1,
     seed: int = 0,
     authenticated: bool = True,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One configuration: median over ``repeats`` rounds of per-party time and bytes.
 
     ``authenticated=False`` runs the UNAUTHENTICATED mode (no roster, unsigned messages),
     only to measure what signing and checking cost.
     """
-    proto = create_protocol(name)
+    proto = create_protocol(name, **(options or {}))
     assert isinstance(proto, PairwiseMaskingProtocol)
     proto.use_identities(identity.generate(range(n)) if authenticated else None)
     rng = np.random.default_rng(seed)  # not-secret: benchmark inputs
@@ -134,6 +141,7 @@ def run_case(
         "repeats": repeats,
         "measured": True,
         "authenticated": authenticated,
+        "options": dict(options or {}),
         **med,
     }
 
@@ -225,15 +233,21 @@ def auth_overhead(*, dim: int, repeats: int, out: Path | None) -> int:
     return 0
 
 
-def scaling_only(sizes: list[int], json_path: Path | None, plot: Path | None) -> int:
+def scaling_only(
+    sizes: list[int], json_path: Path | None, plot: Path | None, *, dropout: float, corrupt: float
+) -> int:
     """secagg+ at each cohort size: 100,000 parameters, 10% dropouts, one round each.
 
-    ``wall_s`` is the whole round with every party run one after another in this process
-    (all clients' and the server's work added up): an upper bound on a deployment's round.
+    The protocol is configured for the dropouts it meets (``max_dropout_fraction=dropout``,
+    ``max_corrupt_fraction=corrupt``): the graph rule of :mod:`crypto.secagg.graph` then picks
+    ``k`` and ``t``. ``wall_s`` is the whole round with every party run one after another in
+    this process (all clients' and the server's work added up): an upper bound on a
+    deployment's round.
     """
     rows = []
+    options = {"max_dropout_fraction": dropout, "max_corrupt_fraction": corrupt}
     for n in sizes:
-        row = run_case("secagg+", n, 100_000, ten_percent(n))
+        row = run_case("secagg+", n, 100_000, ten_percent(n), options=options)
         row["load_average"] = os.getloadavg()[0]
         rows.append(row)
         print(fmt(row), f"round {row['wall_s']:.1f} s (load {row['load_average']:.1f})", flush=True)
@@ -281,11 +295,29 @@ def main(argv: list[str] | None = None) -> int:
         help="only secagg+ at these cohort sizes (e.g. 100,1000), 100k params, 10%% dropouts",
     )
     ap.add_argument("--plot", type=Path, help="with --scaling-only: round time vs cohort (PNG)")
+    ap.add_argument(
+        "--dropout-fraction",
+        type=float,
+        default=0.1,
+        help="with --scaling-only: max_dropout_fraction the round is configured for (0.1)",
+    )
+    ap.add_argument(
+        "--corrupt-fraction",
+        type=float,
+        default=0.1,
+        help="with --scaling-only: max_corrupt_fraction the round is configured for (0.1)",
+    )
     args = ap.parse_args(argv)
     if args.auth_overhead:
         return auth_overhead(dim=100_000 if args.quick else 1_000_000, repeats=9, out=args.json)
     if args.scaling_only:
-        return scaling_only([int(x) for x in args.scaling_only.split(",")], args.json, args.plot)
+        return scaling_only(
+            [int(x) for x in args.scaling_only.split(",")],
+            args.json,
+            args.plot,
+            dropout=args.dropout_fraction,
+            corrupt=args.corrupt_fraction,
+        )
 
     head_dim = 100_000 if args.quick else 1_000_000
     scale_dim = 10_000 if args.quick else 100_000

@@ -13,6 +13,7 @@ little-endian), 4 bytes per parameter plus 8.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -34,8 +35,9 @@ from .core.protocol import (
     adversaries,
 )
 from .core.registry import register
-from .errors import ProtocolError
+from .errors import AuthenticationError, DropoutError, ProtocolError
 
+log = logging.getLogger(__name__)
 _NAME = "plain"
 _WEIGHT = struct.Struct("!d")
 _BLOCK = 1 << 16
@@ -57,7 +59,10 @@ class PlainClient(ClientSession):
             raise ProtocolError(f"client {self.client_id} already answered this round: replay")
         self._channel.open(message, stage=0, sender=wire.SERVER)
         self._answered = True
-        payload = _WEIGHT.pack(self.weight) + self.vector.astype("<f4").tobytes()
+        # weight || float32 update, written into one buffer (no intermediate copies)
+        payload = bytearray(_WEIGHT.size + 4 * self.vector.shape[0])
+        _WEIGHT.pack_into(payload, 0, self.weight)
+        np.frombuffer(payload, dtype="<f4", offset=_WEIGHT.size)[:] = self.vector
         return self._channel.seal(0, wire.SERVER, payload)
 
 
@@ -70,33 +75,61 @@ class PlainServer(ServerSession):
         self._channel = Channel(
             tag=_NAME, session_id=spec.session_id, me=wire.SERVER, keyring=keyring
         )
+        self._total: NDArray[np.float64] | None = None  # running weighted sum
+        self._weight = 0.0
+        self._summed: set[int] = set()
 
     def start(self) -> dict[int, bytes]:
         return {cid: self._channel.seal(0, cid, b"") for cid in self.spec.cohort}
 
+    def receive(self, client: int, reply: bytes) -> None:
+        """Check one update and add it to the running weighted sum at once (then drop it).
+
+        The server so holds the float64 sum and one reply, whatever the cohort size.
+        """
+        if self._result is not None:
+            raise ProtocolError("plain round already finished")
+        if client in self._summed:
+            raise ProtocolError(f"client {client}'s update was handed over twice")
+        if client not in self.spec.cohort:
+            self.refused[client] = f"reply from client {client}, who was not asked at this stage"
+            log.warning("%s: counted as a dropout", self.refused[client])
+            return
+        try:
+            body = self._channel.open_view(reply, stage=0, sender=client)
+        except AuthenticationError as err:
+            self.refused[client] = str(err)
+            log.warning("%s: counted as a dropout", err)
+            return
+        expected = _WEIGHT.size + 4 * self.spec.dim
+        if len(body) != expected:
+            raise ProtocolError(
+                f"client {client} sent {len(body)} payload bytes, expected {expected} "
+                f"for dim {self.spec.dim}"
+            )
+        (w,) = _WEIGHT.unpack_from(body)
+        if not (w > 0 and np.isfinite(w)):
+            raise ProtocolError(f"client {client} sent a non-finite or non-positive weight")
+        if self._total is None:
+            self._total = np.zeros(self.spec.dim, dtype=np.float64)
+        vec = np.frombuffer(body, dtype="<f4", offset=_WEIGHT.size)
+        _add_weighted(self._total, vec, w, client)
+        self._weight += w
+        self._summed.add(client)
+
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._result is not None:
             raise ProtocolError("plain round already finished")
-        bodies = self._channel.collect(
-            replies, stage=0, expected=frozenset(self.spec.cohort), refused=self.refused
-        )
-        total = np.zeros(self.spec.dim, dtype=np.float64)
-        weight = 0.0
-        expected = _WEIGHT.size + 4 * self.spec.dim
-        for cid, body in bodies.items():
-            if len(body) != expected:
-                raise ProtocolError(
-                    f"client {cid} sent {len(body)} payload bytes, expected {expected} "
-                    f"for dim {self.spec.dim}"
-                )
-            (w,) = _WEIGHT.unpack_from(body)
-            vec = np.frombuffer(body, dtype="<f4", offset=_WEIGHT.size)
-            if not (w > 0 and np.isfinite(w)):
-                raise ProtocolError(f"client {cid} sent a non-finite or non-positive weight")
-            _add_weighted(total, vec, w, cid)
-            weight += w
-        bound = 1e-12 * float(np.max(np.abs(total), initial=0.0)) * len(replies)
-        self._result = Aggregate(total, weight, tuple(sorted(bodies)), "server", bound)
+        for cid in sorted(replies):
+            self.receive(cid, replies[cid])
+        if not self._summed:
+            detail = f" ({next(iter(self.refused.values()))})" if self.refused else ""
+            raise DropoutError(f"no valid update arrived: every client dropped out{detail}")
+        total = self._total if self._total is not None else np.zeros(self.spec.dim)
+        largest = max(float(total.max(initial=0.0)), -float(total.min(initial=0.0)))  # no |.| copy
+        bound = 1e-12 * largest * len(self._summed)
+        self._result = Aggregate(total, self._weight, tuple(sorted(self._summed)), "server", bound)
+        self._total = None
         return ServerStep(messages={}, final=True)
 
     def aggregate(self) -> Aggregate | None:

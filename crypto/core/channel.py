@@ -42,12 +42,12 @@ log = logging.getLogger(__name__)
 _DOMAIN = b"secfed/msg/v2"
 
 
-def _signed_data(head: bytes, key: bytes, payload: bytes | bytearray) -> bytes:
+def _signed_data(head: bytes, key: bytes, payload: bytes | bytearray | memoryview) -> bytes:
     """What a frame's signature covers: domain, header, carried key, the payload's SHA-256."""
     return _DOMAIN + head + key + hashlib.sha256(payload).digest()
 
 
-def _mac(pair_key: bytes, head: bytes, payload: bytes | bytearray) -> bytes:
+def _mac(pair_key: bytes, head: bytes, payload: bytes | bytearray | memoryview) -> bytes:
     """GMAC of ``payload`` under a key unique to this header (and hence to this message)."""
     key = hmac.new(pair_key, _DOMAIN + b"/mac" + head, hashlib.sha256).digest()
     return AESGCM(key).encrypt(bytes(12), b"", payload)
@@ -149,7 +149,7 @@ class Channel:
         )  # fmt: skip
         # One join per frame: the payload (megabytes for a masked vector) is copied once.
         if pair is not None:
-            return b"".join((head, payload, _mac(pair, head, payload)))
+            return b"".join((head, payload, _mac(pair, head, payload)))  # one copy of payload
         key = ka.public_bytes(self._eph)
         self._sent_key.add(recipient)
         signature = self.keyring.sign(self.me, _signed_data(head, key, payload))
@@ -163,9 +163,15 @@ class Channel:
         ``recipient`` defaults to this party; a relayed original (a peer's message to the
         server, forwarded) is checked with ``recipient=SERVER``.
         """
+        return bytes(self.open_view(message, stage=stage, sender=sender, recipient=recipient))
+
+    def open_view(
+        self, message: bytes, *, stage: int, sender: int, recipient: int | None = None
+    ) -> memoryview | bytes:
+        """:meth:`open`, returning the payload as a read-only view of ``message`` (no copy)."""
         where = f"{self.stage_name(stage)} message from {party_name(sender)}"
         try:
-            head, header_bytes, payload, auth, key = wire.split(message)
+            head, header_bytes, payload, auth, key = wire.split(message, view=True)
         except ProtocolError as err:
             raise AuthenticationError(f"refused {where}: {err}") from None
         want_to = self.me if recipient is None else recipient

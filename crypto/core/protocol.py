@@ -181,6 +181,7 @@ class ServerSession(ABC):
         self.spec = spec
         # Clients whose message failed a check, with the reason: they count as dropped out.
         self.refused: dict[int, str] = {}
+        self._inbox: dict[int, bytes] = {}
 
     @abstractmethod
     def start(self) -> dict[int, bytes]:
@@ -189,6 +190,22 @@ class ServerSession(ABC):
     @abstractmethod
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         """Take the replies of the clients that answered; clients absent are dropouts."""
+
+    def receive(self, client: int, reply: bytes) -> None:
+        """One client's reply to the current stage, handed over as it arrives.
+
+        A transport that gets replies one by one calls this for each, then
+        :meth:`close_stage`. The default keeps the reply until then; a session overrides it to
+        absorb large replies at once (so the server holds a running sum, not every reply).
+        """
+        if client in self._inbox:
+            raise ProtocolError(f"client {client}'s reply was handed over twice in one stage")
+        self._inbox[client] = reply
+
+    def close_stage(self) -> ServerStep:
+        """:meth:`advance` over the replies handed to :meth:`receive` since the last step."""
+        replies, self._inbox = self._inbox, {}
+        return self.advance(replies)
 
     def aggregate(self) -> Aggregate | None:
         """The aggregate, where the server can read it (after the final step)."""

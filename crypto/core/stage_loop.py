@@ -137,7 +137,14 @@ def drive_round(server: ServerSession, transport: Transport) -> RoundOutcome:
         for cid, reply in delivery.replies.items():
             traffic.add_up(cid, len(reply))
         t1 = time.perf_counter()
-        step = server.advance({c: r for c, r in delivery.replies.items() if c in alive})
+        # Hand replies over one at a time, letting go of each: a session that sums them as
+        # they arrive (ServerSession.receive) then never holds the whole stage.
+        for cid in sorted(delivery.replies):
+            reply = delivery.replies.pop(cid)
+            if cid in alive:
+                server.receive(cid, reply)
+            del reply
+        step = server.close_stage()
         traffic.server_seconds += time.perf_counter() - t1
         alive -= set(server.refused)
         stage += 1

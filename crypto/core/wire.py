@@ -114,8 +114,14 @@ def peek(message: bytes) -> Header:
     return Header(name, sid, nonce, stage, flags, sender, recipient, length)
 
 
-def split(message: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
-    """Decoded header, raw header bytes, payload, authenticator and carried key."""
+def split(
+    message: bytes, *, view: bool = False
+) -> tuple[Header, bytes, bytes | memoryview, bytes, bytes]:
+    """Decoded header, raw header bytes, payload, authenticator and carried key.
+
+    ``view=True`` returns the payload as a read-only view of ``message`` instead of a copy
+    (for large payloads a server sums and drops).
+    """
     head = peek(message)
     if head.flags & ~(SIGNED | KEYED | MACED) or (head.signed and head.maced):
         raise ProtocolError(f"message has unknown or conflicting flags {head.flags:#x}")
@@ -128,11 +134,11 @@ def split(message: bytes) -> tuple[Header, bytes, bytes, bytes, bytes]:
         )
     start = HEADER_SIZE + key_len
     end = start + head.length
-    view = memoryview(message)
+    whole = memoryview(message).toreadonly()
     return (
         head,
-        bytes(view[:HEADER_SIZE]),
-        bytes(view[start:end]),
-        bytes(view[end:]),
-        bytes(view[HEADER_SIZE:start]),
+        bytes(whole[:HEADER_SIZE]),
+        whole[start:end] if view else bytes(whole[start:end]),
+        bytes(whole[end:]),
+        bytes(whole[HEADER_SIZE:start]),
     )

@@ -302,10 +302,11 @@ class SecAggClient(ClientSession):
         t = self._params.graph.threshold
         alive = set(survivors)
         # Ed25519 signatures are deterministic: our own needs no verification.
-        valid = (
-            {self.client_id: True} if signatures.get(self.client_id) == self._my_signature else {}
-        )
-        graph, endorsers, me = self._graph, set(signatures) | set(tags), self.client_id
+        mine = signatures.get(self.client_id) == self._my_signature
+        valid: set[int] = {self.client_id} if mine else set()
+        graph, me = self._graph, self.client_id
+        endorsers = frozenset(signatures) | frozenset(tags)
+        near = graph.holders(me)
 
         def check(signer: int) -> None:
             # A neighbour's tag is as good as its signature and far cheaper to check; without
@@ -324,12 +325,17 @@ class SecAggClient(ClientSession):
             )
 
         def backed(pid: int) -> int:
-            # Verify lazily, and only until t of pid's holders are found to have signed.
-            count = 0
-            for signer in sorted(graph.holders(pid) & endorsers):
-                if signer not in valid:
-                    check(signer)
-                    valid[signer] = True
+            # Count endorsements already verified, then verify more only until t of pid's
+            # holders are found to have endorsed; prefer our own holders (their tags are cheap
+            # and they hold shares of most of our peers), so few checks are made in all.
+            pool = graph.holders(pid) & endorsers
+            count = len(pool & valid)
+            if count >= t:
+                return count
+            fresh = pool - valid
+            for signer in [*sorted(fresh & near), *sorted(fresh - near)]:
+                check(signer)
+                valid.add(signer)
                 count += 1
                 if count >= t:
                     break

@@ -218,11 +218,39 @@ def masked_payload(
     return out  # not copied into bytes: the channel's frame is its one copy
 
 
-def decode_sum(residues: NDArray[np.uint32], *, params: RoundParams) -> NDArray[np.float64]:
-    """Centred lift of the unmasked sum modulo ``2**m``, scaled back to floats."""
-    mod = 1 << params.modulus_bits
-    ints = fixedpoint.from_residues(residues.astype(np.uint64) & np.uint64(mod - 1), modulus=mod)
-    return fixedpoint.decode(ints, scale=params.scale)
+def accumulator(params: RoundParams) -> NDArray[np.uint32]:
+    """A zeroed sum buffer: ``params.words`` uint32 words, with room to decode in place.
+
+    It holds ``2 * words`` words (8 bytes per coordinate) so :func:`decode_in_place` can turn
+    it into the float64 sum without a second vector; the upper half is never written before
+    decoding, so its zero pages stay unmapped (not resident) while the inputs are summed.
+    """
+    return np.zeros(2 * params.words, dtype=np.uint32)
+
+
+def decode_in_place(buffer: NDArray[np.uint32], *, params: RoundParams) -> NDArray[np.float64]:
+    """Centred lift modulo ``2**m`` of ``buffer[:dim]``, scaled back to floats, in ``buffer``.
+
+    Returns a float64 view of ``buffer`` (which :func:`accumulator` sized for this). Blocks go
+    from the end: float64 ``i`` overwrites words ``2i`` and ``2i + 1``, never a word below ``i``
+    that is still to be read.
+    """
+    dim, bits = params.dim, params.modulus_bits
+    if buffer.dtype != np.uint32 or buffer.shape[0] < 2 * dim:
+        raise ValueError("decode_in_place needs an accumulator() buffer")
+    out = buffer.view(np.float64)[:dim]
+    shift = np.uint32(32 - bits)
+    inv_scale = 1.0 / params.scale
+    for start in range(-(-dim // _BLOCK) * _BLOCK - _BLOCK, -1, -_BLOCK):
+        stop = min(dim, start + _BLOCK)
+        words = buffer[start:stop].copy()
+        if shift:  # keep the low m bits, sign-extended: the centred residue
+            np.left_shift(words, shift, out=words)
+        signed = words.view(np.int32)
+        if shift:
+            np.right_shift(signed, shift.astype(np.int32), out=signed)
+        np.multiply(signed, inv_scale, out=out[start:stop])
+    return out
 
 
 def pack(values: NDArray[np.uint32], *, bits: int) -> bytes:
@@ -243,24 +271,39 @@ def pack(values: NDArray[np.uint32], *, bits: int) -> bytes:
     return out.astype("<u4", copy=False).tobytes()
 
 
-def unpack_add(acc: NDArray[np.uint32], raw: bytes, *, bits: int) -> None:
-    """``acc += unpack(raw)`` modulo 2**32 (inverse of :func:`pack`, fused with the sum)."""
+def unpack_add(acc: NDArray[np.uint32], raw: bytes | memoryview, *, bits: int) -> None:
+    """``acc += unpack(raw)`` modulo 2**32 (inverse of :func:`pack`, fused with the sum).
+
+    Works a block at a time on a view of ``raw``: no copy of the input, no vector-sized
+    temporaries.
+    """
     words = acc.shape[0]
     if len(raw) != words * bits // 8:
         raise ProtocolError(
             f"masked vector is {len(raw)} bytes, expected {words * bits // 8} "
             f"({words} values at {bits} bits)"
         )
-    if bits == 32:
-        acc += np.frombuffer(raw, dtype="<u4")
-    elif bits == 16:
-        acc += np.frombuffer(raw, dtype="<u2")
-    elif bits == 8:
-        acc += np.frombuffer(raw, dtype=np.uint8)
-    else:
-        w = np.frombuffer(raw, dtype="<u4").reshape(-1, 3)
-        q = acc.reshape(-1, 4)
-        q[:, 0] += w[:, 0] & 0xFFFFFF
-        q[:, 1] += (w[:, 0] >> 24) | ((w[:, 1] & 0xFFFF) << 8)
-        q[:, 2] += (w[:, 1] >> 16) | ((w[:, 2] & 0xFF) << 16)
-        q[:, 3] += w[:, 2] >> 8
+    if bits != 24:
+        kind: dict[int, str] = {32: "<u4", 16: "<u2", 8: "u1"}
+        vals = np.frombuffer(raw, dtype=np.dtype(kind[bits]))
+        for start in range(0, words, _BLOCK):
+            stop = min(words, start + _BLOCK)
+            np.add(acc[start:stop], vals[start:stop], out=acc[start:stop], casting="unsafe")
+        return
+    w = np.frombuffer(raw, dtype="<u4").reshape(-1, 3)
+    q = acc.reshape(-1, 4)
+    rows = _BLOCK // 4
+    tmp = np.empty(min(rows, q.shape[0]), dtype=np.uint32)
+    for start in range(0, q.shape[0], rows):
+        stop = min(q.shape[0], start + rows)
+        wb, qb, t = w[start:stop], q[start:stop], tmp[: stop - start]
+        np.bitwise_and(wb[:, 0], 0xFFFFFF, out=t)
+        qb[:, 0] += t
+        np.right_shift(wb[:, 0], 24, out=t)
+        t |= (wb[:, 1] & 0xFFFF) << 8
+        qb[:, 1] += t
+        np.right_shift(wb[:, 1], 16, out=t)
+        t |= (wb[:, 2] & 0xFF) << 16
+        qb[:, 2] += t
+        np.right_shift(wb[:, 2], 8, out=t)
+        qb[:, 3] += t

@@ -281,9 +281,19 @@ def _sparse_order(cohort: Sequence[int], *, k: int, seed: bytes) -> list[int]:
     return ring_order(cohort, seed=seed)
 
 
-def _ring_neighbours(order: Sequence[int], pos: int, k: int) -> frozenset[int]:
+def _ring_window(order: Sequence[int], pos: int, k: int) -> frozenset[int]:
+    """``order[pos]`` and the ``k / 2`` clients on either side of it on the ring (k < n)."""
     n, half = len(order), k // 2
-    return frozenset(order[(pos + j) % n] for j in range(-half, half + 1) if j != 0)
+    lo, hi = pos - half, pos + half + 1
+    if lo < 0:
+        return frozenset(order[lo:]) | frozenset(order[:hi])
+    if hi > n:
+        return frozenset(order[lo:]) | frozenset(order[: hi - n])
+    return frozenset(order[lo:hi])
+
+
+def _ring_neighbours(order: Sequence[int], pos: int, k: int) -> frozenset[int]:
+    return _ring_window(order, pos, k) - {order[pos]}
 
 
 class Graph:
@@ -296,9 +306,12 @@ class Graph:
         self._order: list[int] = [] if self.complete else _sparse_order(cohort, k=k, seed=seed)
         self._pos = {c: i for i, c in enumerate(self._order)}
         self._cache: dict[int, frozenset[int]] = {}
+        self._nbrs: dict[int, frozenset[int]] = {}
 
     def neighbours(self, client: int) -> frozenset[int]:
-        return self.holders(client) - {client}
+        if client not in self._nbrs:
+            self._nbrs[client] = self.holders(client) - {client}
+        return self._nbrs[client]
 
     def holders(self, client: int) -> frozenset[int]:
         """Who holds shares of ``client``'s secrets: its neighbours and itself."""
@@ -307,7 +320,5 @@ class Graph:
         if self.complete:
             return self.cohort
         if client not in self._cache:
-            self._cache[client] = _ring_neighbours(self._order, self._pos[client], self._k) | {
-                client
-            }
+            self._cache[client] = _ring_window(self._order, self._pos[client], self._k)
         return self._cache[client]

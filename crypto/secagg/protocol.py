@@ -7,8 +7,9 @@ threshold ``t`` follow from the cohort size ``n``, the tolerated dropout rate ``
 secagg uses ``k = n - 1`` and ``t = n - floor(delta * n)``; secagg+ uses the smallest even
 ``k`` whose largest ``t`` still survives a ``delta`` dropout rate (failure ``<= 2**-20``) while
 ``gamma`` corrupt clients reach ``t`` shares of no one (``<= 2**-40``) and honest survivors
-stay connected, falling back to the complete graph when no ``k < n - 1`` qualifies (for
-example ``k = 170, t = 81`` at ``n = 1000`` with the defaults). Details in
+stay connected, falling back to the complete graph when no ``k < n - 1`` qualifies (at
+``n = 1000``: ``k = 114, t = 80`` for ``delta = gamma = 0.1``; the defaults ``0.3`` and ``0.2``
+keep the graph complete up to a few thousand clients, so set them to the rates expected). Details in
 :mod:`crypto.secagg.graph`; the encoding is in :mod:`crypto.secagg.encoding`.
 
 Stages (each a server message and a client reply, framed and authenticated by

@@ -20,14 +20,15 @@ from ..core.channel import Channel
 from ..core.identity import Keyring
 from ..core.masking import apply_masks
 from ..core.protocol import Aggregate, RoundSpec, ServerSession, ServerStep
-from ..errors import DropoutError, KeyMaterialError, ProtocolError
+from ..errors import AuthenticationError, DropoutError, KeyMaterialError, ProtocolError
 from . import messages as msg
 from .client import STAGES, commitment, survivor_statement
-from .encoding import RoundParams, decode_sum, decode_weight, unpack_add
+from .encoding import RoundParams, accumulator, decode_in_place, decode_weight, unpack_add
 from .graph import Graph
 
 log = logging.getLogger(__name__)
 _U64 = (1 << 64) - 1
+_MASKED = STAGES.index("masked input")
 
 
 class SecAggServer(ServerSession):
@@ -53,8 +54,11 @@ class SecAggServer(ServerSession):
         self._contributors: set[int] = set()  # clients with t live holders at key setup
         self._present: set[int] = set()  # clients holding shares (answered stage 1)
         self._requests: dict[int, tuple[list[int], list[int]]] = {}
-        self._acc = np.zeros(0, dtype=np.uint32)
+        self._buffer = np.zeros(0, dtype=np.uint32)  # accumulator(): the sum, decoded in place
+        self._acc = self._buffer  # its first ``words`` words: the running sum of masked inputs
         self._tail = 0
+        self._absorbed: set[int] = set()  # clients whose masked input is in the sum
+        self._answered: set[int] = set()  # ... and holders only who answered the masked stage
         self._result: Aggregate | None = None
 
     def start(self) -> dict[int, bytes]:
@@ -73,14 +77,20 @@ class SecAggServer(ServerSession):
     def advance(self, replies: Mapping[int, bytes]) -> ServerStep:
         if self._stage < 0 or self._result is not None or self._stage >= len(STAGES):
             raise ProtocolError(f"secagg server cannot advance at stage {self._stage}")
-        if not replies:
+        if self._stage == _MASKED:
+            for cid in sorted(replies):
+                self.receive(cid, replies[cid])
+            bodies: dict[int, bytes] = {}
+        elif not replies:
             raise DropoutError(
                 f"every client dropped at {self._channel.stage_name(self._stage)}: nothing to "
                 "aggregate"
             )
-        bodies = self._channel.collect(
-            replies, stage=self._stage, expected=frozenset(self._expected), refused=self.refused
-        )
+        else:
+            bodies = self._channel.collect(
+                replies, stage=self._stage, expected=frozenset(self._expected),
+                refused=self.refused,
+            )  # fmt: skip
         if self._stage == 0:
             self._adverts = {c: bytes(replies[c]) for c in bodies}
         handlers = (self._on_keys, self._on_shares, self._on_masked, self._on_signed,
@@ -93,6 +103,42 @@ class SecAggServer(ServerSession):
         return ServerStep(
             messages={c: self._channel.seal(self._stage, c, m) for c, m in messages.items()}
         )
+
+    def receive(self, client: int, reply: bytes) -> None:
+        """Masked inputs are checked and added to the sum as they arrive (then dropped).
+
+        The server so holds the running sum and one reply, whatever the cohort size. Other
+        stages' replies wait for :meth:`advance`.
+        """
+        if self._stage != _MASKED or self._result is not None:
+            super().receive(client, reply)
+            return
+        if client in self._absorbed:
+            raise ProtocolError(f"client {client}'s masked input was handed over twice")
+        if client not in self._expected:
+            self.refused[client] = f"reply from client {client}, who was not asked at this stage"
+            log.warning("%s: counted as a dropout", self.refused[client])
+            return
+        try:
+            body = memoryview(self._channel.open_view(reply, stage=_MASKED, sender=client))
+        except AuthenticationError as err:
+            self.refused[client] = str(err)
+            log.warning("%s: counted as a dropout", err)
+            return
+        if client not in self._shared:  # a holder only: it owes no input
+            if len(body):
+                raise ProtocolError(f"client {client} holds shares only but sent an input")
+            self._answered.add(client)
+            return
+        if len(body) != 8 + self._params.packed_bytes:
+            raise ProtocolError(
+                f"client {client} sent a masked input of {len(body)} bytes, expected "
+                f"{8 + self._params.packed_bytes}"
+            )
+        unpack_add(self._acc, body[8:], bits=self._params.modulus_bits)
+        self._tail = (self._tail + int.from_bytes(body[:8], "little")) & _U64
+        self._absorbed.add(client)
+        self._answered.add(client)
 
     def _nbrs(self, u: int) -> frozenset[int]:
         assert self._graph is not None
@@ -156,8 +202,8 @@ class SecAggServer(ServerSession):
         self._present = set(sealed)  # they hold shares from now on
         live = self._able(self._present & self._contributors, self._present, "while sharing keys")
         self._shared = live
-        n_words = self._params.words
-        self._acc = np.zeros(n_words, dtype=np.uint32)
+        self._buffer = accumulator(self._params)
+        self._acc = self._buffer[: self._params.words]
         return {
             v: msg.encode_share_delivery(
                 v in live, [(u, sealed[u][v]) for u in sorted(self._nbrs(v) & live)]
@@ -167,22 +213,8 @@ class SecAggServer(ServerSession):
 
     # -- stage 2 -> 3 --------------------------------------------------------------------
     def _on_masked(self, bodies: dict[int, bytes]) -> dict[int, bytes]:
-        bits = self._params.modulus_bits
-        for cid, body in bodies.items():
-            if cid not in self._shared:  # a holder only: it owes no input
-                if body:
-                    raise ProtocolError(f"client {cid} holds shares only but sent an input")
-                continue
-            if len(body) != 8 + self._params.packed_bytes:
-                raise ProtocolError(
-                    f"client {cid} sent a masked input of {len(body)} bytes, expected "
-                    f"{8 + self._params.packed_bytes}"
-                )
-        survived = set(bodies) & self._shared
-        for body in (bodies[c] for c in sorted(survived)):
-            unpack_add(self._acc, body[8:], bits=bits)
-            self._tail = (self._tail + int.from_bytes(body[:8], "little")) & _U64
-        answered = set(bodies)  # survivors and holders: they reveal shares
+        # The inputs were summed by receive() as they arrived; holders only answered empty.
+        survived, answered = set(self._absorbed), set(self._answered)
         if not survived:
             raise DropoutError("every client dropped before sending its masked input")
         t = self._params.graph.threshold
@@ -222,9 +254,12 @@ class SecAggServer(ServerSession):
             signatures[cid] = signature
         t = self._params.graph.threshold
         signers = set(signatures)
+        backed: dict[int, int] = {}  # p -> how many of p's holders signed (once per p)
         for u in sorted(signers):
             for p in [*self._requests[u][0], *self._requests[u][1]]:
-                backing = len(signers & self._graph.holders(p))
+                if p not in backed:
+                    backed[p] = len(signers & self._graph.holders(p))
+                backing = backed[p]
                 if backing < t:
                     raise DropoutError(
                         f"only {backing} of client {p}'s share holders signed the survivor set, "
@@ -301,17 +336,18 @@ class SecAggServer(ServerSession):
 
     def _finish(self, survived: list[int], tail: int) -> None:
         p = self._params
-        mask = np.uint32((1 << p.modulus_bits) - 1) if p.modulus_bits < 32 else None
-        acc = self._acc if mask is None else self._acc & mask
-        if np.any(acc[p.dim :]):
+        pad = self._acc[p.dim :]
+        if p.modulus_bits < 32:
+            pad = pad & np.uint32((1 << p.modulus_bits) - 1)
+        if np.any(pad):
             raise ProtocolError("unmasked padding is not zero: a masked input was corrupted")
         if tail >= 1 << 63:
             raise ProtocolError("unmasked total weight is negative: a masked input was corrupted")
-        total = decode_sum(acc[: p.dim], params=p)
+        total = decode_in_place(self._buffer, params=p)
         n = len(survived)
         bound = n * 0.5 / p.scale + n * p.max_weight * p.clip * 2.0**-50
         self._result = Aggregate(total, decode_weight(tail), tuple(survived), "server", bound)
-        self._acc = np.zeros(0, dtype=np.uint32)
+        self._buffer = self._acc = np.zeros(0, dtype=np.uint32)
 
 
 class _LagrangeCache:

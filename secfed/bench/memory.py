@@ -2,20 +2,22 @@
 
 Method (``peak_rss_bytes``): one extra round per point, without dropouts, in which client 0 and
 the server each run in a fresh ``spawn`` process; the other clients run in the bench process and
-messages travel over pipes (one ``send_bytes`` per message, so nothing is pickled or held twice
-on the way). Each party process records its resident set size after importing and setting up the
-protocol and running an 8-parameter round of it in-process (``baseline``: interpreter,
-libraries, keys, first-use tables such as Paillier's) and its high-water mark at the end
-(``VmHWM`` of ``/proc/self/status``, which, unlike ``ru_maxrss``, restarts at ``exec`` and so
-does not inherit the bench process's size), and the largest ``VmHWM`` of its live worker
-processes (a Paillier pool). The client receives its update as raw float32 bytes, which it holds
-like any client holds its update. Reported per party: the high-water mark, the part above the
-baseline, and that part over the float32 size of the update (``4 * params``); the largest
-finished worker process (Paillier's pool) is reported on its own, not added.
+messages travel over pipes (raw bytes in 1 MiB pieces read into one buffer, so nothing is
+pickled or held twice on the way). Each party process records its resident set size after
+importing and setting up the protocol and running an 8-parameter round of it in-process
+(``baseline``: interpreter, libraries, keys, first-use tables such as Paillier's) and its
+high-water mark at the end (``VmHWM`` of ``/proc/self/status``, which, unlike ``ru_maxrss``,
+restarts at ``exec`` and so does not inherit the bench process's size), and the largest
+``VmHWM`` of its live worker processes (a Paillier pool). The client receives its update as raw
+float32 bytes, which it holds like any client holds its update. Reported per party: the
+high-water mark, the part above the baseline, and that part over the float32 size of the update
+(``4 * params``); the largest finished worker process (Paillier's pool) is reported on its own,
+not added.
 
-The server's process holds every reply of a stage at once: the session API hands a server all
-replies of a stage together (:meth:`crypto.ServerSession.advance`), so its figure grows with the
-cohort.
+The server's process hands each reply to its session as it arrives
+(:meth:`crypto.ServerSession.receive`, then :meth:`~crypto.ServerSession.close_stage`): plain,
+secagg and secagg+ add it to a running sum at once, so their figure does not grow with the cohort;
+the other protocols keep a stage's replies until it closes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ import numpy as np
 import crypto
 
 _U32 = struct.Struct("!I")
+_U64 = struct.Struct("!Q")
+_CHUNK = 1 << 20
 _ERROR = b"\x00secfed-probe-error\x00"
 _PROBE_ROUND = 1_000_000
 
@@ -51,11 +55,34 @@ def _status_kb(field: str, pid: int | str = "self") -> int:
     return 0
 
 
+def _send_big(conn: Connection, body: bytes) -> None:
+    """``body`` as its size and 1 MiB pieces (see :func:`_recv_big`)."""
+    view = memoryview(body)
+    conn.send_bytes(_U64.pack(len(view)))
+    for at in range(0, len(view), _CHUNK):
+        conn.send_bytes(view[at : at + _CHUNK])
+
+
+def _recv_big(conn: Connection, recv: Callable[[], bytes]) -> bytearray:
+    """A body sent by :func:`_send_big`, read into one buffer of its size.
+
+    ``Connection.recv_bytes`` would grow a ``BytesIO`` for a large message (a transient second
+    copy); the pieces land in place, so a party holds one copy of what it receives.
+    """
+    (size,) = _U64.unpack(recv())
+    out = bytearray(size)
+    view = memoryview(out)
+    at = 0
+    while at < size:
+        at += conn.recv_bytes_into(view, at)
+    return out
+
+
 def _send_map(conn: Connection, messages: Mapping[int, bytes]) -> None:
     conn.send_bytes(_U32.pack(len(messages)))
     for cid, body in messages.items():
         conn.send_bytes(_U32.pack(cid))
-        conn.send_bytes(body)
+        _send_big(conn, body)
 
 
 def _warm_up(proto: crypto.Protocol, spec: crypto.RoundSpec, weight: float) -> None:
@@ -77,16 +104,20 @@ def _party(conn: Connection, role: str, setup: dict[str, Any]) -> None:
         baseline = _status_kb("VmRSS")
         conn.send_bytes(b"ready")
         if role == "client":
-            vector = np.frombuffer(conn.recv_bytes(), dtype=np.float32)
+            vector = np.frombuffer(_recv_big(conn, conn.recv_bytes), dtype=np.float32)
             client = proto.client_session(spec, setup["client"], vector, setup["weight"])
-            while (msg := conn.recv_bytes()) != b"":
-                conn.send_bytes(client.handle(msg) or b"")
+            while msg := _recv_big(conn, conn.recv_bytes):
+                conn.send_bytes(client.handle(bytes(msg)) or b"")
             client.aggregate()
         else:
             server = proto.server_session(spec)
             _send_map(conn, server.start())
             while conn.recv_bytes() == b"advance":
-                step = server.advance(_recv_map(conn.recv_bytes))
+                (count,) = _U32.unpack(conn.recv_bytes())
+                for _ in range(count):  # each reply handed over as it arrives, then let go
+                    (cid,) = _U32.unpack(conn.recv_bytes())
+                    server.receive(cid, _recv_big(conn, conn.recv_bytes))  # type: ignore[arg-type]
+                step = server.close_stage()
                 conn.send_bytes(b"final" if step.final else b"more")
                 _send_map(conn, step.messages)
         peak = _status_kb("VmHWM")
@@ -133,12 +164,12 @@ class _Remote:
             self.proc.kill()
 
 
-def _recv_map(recv: Callable[[], bytes]) -> dict[int, bytes]:
+def _recv_map(conn: Connection, recv: Callable[[], bytes]) -> dict[int, bytes]:
     (count,) = _U32.unpack(recv())
     out = {}
     for _ in range(count):
         (cid,) = _U32.unpack(recv())
-        out[cid] = recv()
+        out[cid] = bytes(_recv_big(conn, recv))
     return out
 
 
@@ -190,14 +221,14 @@ def _drive(
     spec = crypto.RoundSpec(job_id, _PROBE_ROUND, cohort, dim)
     local = {c: protocol.client_session(spec, c, vectors[c], weights[c]) for c in cohort[1:]}
     probe = cohort[0]
-    remote_client.conn.send_bytes(np.ascontiguousarray(vectors[probe], np.float32).tobytes())
-    messages = _recv_map(remote_server.recv)
+    _send_big(remote_client.conn, np.ascontiguousarray(vectors[probe], np.float32).tobytes())
+    messages = _recv_map(remote_server.conn, remote_server.recv)
     final = False
     while True:
         replies: dict[int, bytes] = {}
         for cid, body in sorted(messages.items()):
             if cid == probe:
-                remote_client.conn.send_bytes(body)
+                _send_big(remote_client.conn, body)
                 reply: bytes | None = remote_client.recv() or None
             elif final:
                 continue  # only the probed client decodes the final message
@@ -210,10 +241,10 @@ def _drive(
         remote_server.conn.send_bytes(b"advance")
         _send_map(remote_server.conn, replies)
         final = remote_server.recv() == b"final"
-        messages = _recv_map(remote_server.recv)
+        messages = _recv_map(remote_server.conn, remote_server.recv)
         if final and not messages:
             break
-    remote_client.conn.send_bytes(b"")
+    _send_big(remote_client.conn, b"")
     remote_server.conn.send_bytes(b"stop")
     update = 4.0 * dim
     out: dict[str, dict[str, float]] = {}

@@ -47,12 +47,19 @@ class _Started(crypto.ServerSession):
     def __init__(self, inner: crypto.ServerSession, first: dict[int, bytes]):
         super().__init__(inner.spec)
         self.inner, self.first = inner, first
+        self.refused = inner.refused  # the stage loop reads who the session refused
 
     def start(self) -> dict[int, bytes]:
         return self.first
 
     def advance(self, replies: Mapping[int, bytes]) -> crypto.ServerStep:
         return self.inner.advance(replies)
+
+    def receive(self, client: int, reply: bytes) -> None:
+        self.inner.receive(client, reply)
+
+    def close_stage(self) -> crypto.ServerStep:
+        return self.inner.close_stage()
 
     def aggregate(self) -> crypto.Aggregate | None:
         return self.inner.aggregate()

@@ -1,12 +1,15 @@
 """The same job in-process and over a local Flower deployment, side by side.
 
-    python benchmarks/bench_flower.py [JOB.toml] [--stock]
+    python benchmarks/bench_flower.py [JOB.toml] [--subprocess] [--stock]
 
 Runs ``secfed run JOB`` and ``python -m secfed.flower.launch JOB`` (each in a fresh process,
 into a scratch run directory) and prints, for each: wall time, job time (the sum of the
 rounds' ``seconds`` in metrics.jsonl: training, aggregation and evaluation, without start-up)
-and the mean per-round phases. ``--stock`` adds a Flower run with Flower's own SuperNode
-intervals (``--poll 0``), to show what the capped idle poll changes. Final accuracies are
+and the mean per-round phases. ``flower`` is the launcher's default (each node agent answers
+its SuperNode's ClientApp tasks, ``--isolation process``); ``--subprocess`` adds a run where
+Flower starts a ClientApp process per message (``--isolation subprocess``), and ``--stock``
+one that also keeps Flower's own SuperNode intervals (``--poll 0``), to show what each
+change is worth. Final accuracies are
 printed too: the deployments must reach the in-process result.
 """
 
@@ -45,7 +48,13 @@ def run(cmd: list[str], out: Path) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("job", nargs="?", default="examples/default.toml")
-    ap.add_argument("--stock", action="store_true", help="also run with Flower's own intervals")
+    ap.add_argument("--subprocess", action="store_true",
+                    help="also run with a ClientApp process per message")  # fmt: skip
+    ap.add_argument(
+        "--stock",
+        action="store_true",
+        help="also run with a process per message and Flower's own intervals",
+    )
     ap.add_argument("--keep", type=Path, default=None, help="keep the run directories here")
     args = ap.parse_args()
     py = sys.executable
@@ -55,10 +64,15 @@ def main() -> None:
         results["in-process"] = run(
             [py, "-m", "secfed", "run", args.job, "--out", str(root / "a")], root / "a"
         )
-        variants = [("flower", "0.1")] + ([("flower-stock-poll", "0")] if args.stock else [])
-        for name, poll in variants:
+        variants = [("flower", "0.1", "process")]
+        if args.subprocess:
+            variants.append(("flower-subprocess", "0.1", "subprocess"))
+        if args.stock:
+            variants.append(("flower-stock", "0", "subprocess"))
+        for name, poll, isolation in variants:
             out = root / name
-            cmd = [py, "-m", "secfed.flower.launch", args.job, "--out", str(out), "--poll", poll]
+            cmd = [py, "-m", "secfed.flower.launch", args.job, "--out", str(out), "--poll", poll,
+                   "--isolation", isolation]  # fmt: skip
             results[name] = run(cmd, out)
     base = results["in-process"]["job_s"]
     print(f"{'':20}{'wall s':>9}{'job s':>9}{'x in-proc':>11}{'train/r':>9}{'agg/r':>8}"

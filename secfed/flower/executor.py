@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 CLIENT_APP_REF = "secfed.flower.client_app:app"
 #: Claim polls: fast while messages keep coming (protocol stages follow each other closely),
 #: slower when the node has been idle a while (a round's training elsewhere, evaluation).
-FAST_POLL, IDLE_POLL, FAST_WINDOW = 0.01, 0.1, 5.0
+FAST_POLL, IDLE_POLL, FAST_WINDOW = 0.02, 0.1, 3.0
 HEARTBEAT_SECONDS = 10.0
 
 Handler = Callable[["Message", "Context"], "Message"]

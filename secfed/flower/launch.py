@@ -3,7 +3,8 @@
 ``python -m secfed.flower.launch JOB.toml --out runs/x [--data a.csv --data b.csv ...]``
 starts, on 127.0.0.1 only and with ``--insecure``: one ``flower-superlink``, one node agent
 and one SuperNode per client (node config ``partition-id``, ``num-partitions``,
-``agent-dir`` and, with ``--data``, that node's own ``data-path``), submits the app with
+``agent-dir`` and, with ``--data``, that node's own ``data-path``; by default the agent
+answers its SuperNode's ClientApp tasks, ``--isolation process``), submits the app with
 ``flwr run``, prints each round as it ends and waits for the job's ``summary.json``. What
 would fail later is refused first, in one line: a cohort that does not match the job, an
 existing run directory, a feature Flower does not carry. A SuperNode or agent that exits

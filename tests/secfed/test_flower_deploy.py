@@ -55,7 +55,10 @@ def test_launcher_refuses_in_one_line_before_starting_anything(
 
 # -- a real SuperLink with three SuperNodes ------------------------------------------------
 @pytest.mark.slow
-def test_superlink_with_three_supernodes_matches_in_process(tmp_path):
+@pytest.mark.parametrize("isolation", ["process", "subprocess"])
+def test_superlink_with_three_supernodes_matches_in_process(tmp_path, isolation, caplog):
+    """Both ways of running the ClientApp (the agent claims the node's tasks; Flower starts a
+    process per message) end where the in-process job ends, and stop every process."""
     from secfed.flower.launch import LocalDeployment
 
     cfg = job()
@@ -63,7 +66,7 @@ def test_superlink_with_three_supernodes_matches_in_process(tmp_path):
     job_file.write_text(cfg.to_toml())
     ref = FederatedRunner(cfg, tmp_path / "ref")
     ref.run()
-    dep = LocalDeployment(job_file, 3, tmp_path / "deploy")
+    dep = LocalDeployment(job_file, 3, tmp_path / "deploy", isolation=isolation)
     try:
         dep.start()
         pids = [p.pid for _, p in dep.procs]
@@ -72,6 +75,7 @@ def test_superlink_with_three_supernodes_matches_in_process(tmp_path):
         dep.stop()
     assert all(p.poll() is not None for _, p in dep.procs)
     assert not any(_alive(pid) for pid in pids)
+    assert "ignored SIGTERM" not in caplog.text  # every process ends when asked
     out = RunDir(tmp_path / "out")
     assert [r["dropped"] for r in out.read_metrics()] == [[], []], out.read_metrics()
     latest = out.latest_checkpoint()

@@ -54,6 +54,7 @@ from .codec import (
     from_frame,
     to_frame,
 )
+from .executor import run_in_thread, start_executor
 from .nodedata import LOCAL_KEY, NodeData, load_node_data, shared_tokenizer_texts
 from .policy import check_deployable
 
@@ -351,12 +352,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.runtime_api_address:
             try:
-                executor = start_executor(agent, args.runtime_api_address,
+                executor = start_executor(agent.handle, args.runtime_api_address,
                                           args.superexec_auth_secret_file, stop)  # fmt: skip
+                log.info("client %d answers the ClientApp tasks of the SuperNode at %s",
+                         agent.client_id, args.runtime_api_address)  # fmt: skip
             except (OSError, ValueError) as err:
                 log.error("cannot serve the SuperNode's tasks: %s", err)
                 sys.exit(2)
-        serve(agent, args.agent_dir)
+        run_in_thread("relay", lambda: serve(agent, args.agent_dir), stop)
+        # The main thread only waits: a signal delivered to any thread (torch's, Flower's)
+        # runs its handler here within half a second, so SIGTERM always ends the agent.
+        while not stop.wait(0.5):
+            pass
+        sys.exit(1)  # a serving thread failed (logged)
     finally:
         stop.set()
         if executor is not None:
@@ -364,32 +372,6 @@ def main(argv: list[str] | None = None) -> None:
         agent.close()
         for name in (AGENT_SOCKET, AGENT_AUTHKEY, READY):
             (args.agent_dir / name).unlink(missing_ok=True)
-
-
-def start_executor(
-    agent: NodeAgent, address: str, secret_file: str | None, stop: threading.Event
-) -> Any:
-    """Claim and answer the SuperNode's ClientApp tasks in a thread of this process."""
-    from .client_app import answer
-    from .executor import TaskExecutor, read_secret
-    from .supernode import shorten_pull_backoff
-
-    shorten_pull_backoff()  # a task is often claimed before the node holds all its content
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
-
-    executor = TaskExecutor(address, lambda message, context: answer(message, context,
-                            agent.handle), secret=read_secret(secret_file))  # fmt: skip
-
-    def serve_tasks() -> None:
-        # Signals go to the main thread (blocked in accept()), so SIGTERM still ends the agent;
-        # the threads this one starts (object pulls, heartbeats) inherit the mask.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-        executor.serve(stop)
-
-    threading.Thread(target=serve_tasks, name="clientapp-tasks", daemon=True).start()
-    log.info("client %d answers the ClientApp tasks of the SuperNode at %s", agent.client_id,
-             address)  # fmt: skip
-    return executor
 
 
 if __name__ == "__main__":

@@ -188,3 +188,34 @@ def read_secret(path: str | None) -> bytes | None:
     if not secret:
         raise ValueError(f"SuperExec secret file {path} is empty")
     return secret
+
+
+def run_in_thread(name: str, target: Any, stop: threading.Event) -> None:
+    """Run ``target`` in a daemon thread; its failure is logged and stops the agent."""
+
+    def run() -> None:
+        try:
+            target()
+        except BaseException:
+            if not stop.is_set():
+                log.exception("the agent's %s thread failed", name)
+        finally:
+            stop.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+
+
+def start_executor(
+    ask: Callable[[Any], Any], address: str, secret_file: str | None, stop: threading.Event
+) -> TaskExecutor:
+    """Claim and answer the SuperNode's ClientApp tasks in a thread of this process."""
+    from .client_app import answer
+    from .supernode import shorten_pull_backoff
+
+    shorten_pull_backoff()  # a task is often claimed before the node holds all its content
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+    executor = TaskExecutor(address, lambda message, context: answer(message, context, ask),
+                            secret=read_secret(secret_file))  # fmt: skip
+    run_in_thread("clientapp-tasks", lambda: executor.serve(stop), stop)
+    return executor

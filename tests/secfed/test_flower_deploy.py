@@ -53,6 +53,38 @@ def test_launcher_refuses_in_one_line_before_starting_anything(
     assert len(errors) == 1 and reason in errors[0] and "\n" not in errors[0]
 
 
+def test_launcher_pairs_each_agent_with_its_supernodes_tasks(tmp_path, monkeypatch):
+    """Each agent claims the tasks of its own SuperNode (same Runtime API port), both hold the
+    SuperExec secret (mode 0600), and Flower's telemetry is off in every process."""
+    from secfed.flower import launch
+
+    monkeypatch.delenv("FLWR_TELEMETRY_ENABLED", raising=False)
+    spawned: dict[str, list[str]] = {}
+    monkeypatch.setattr(launch.LocalDeployment, "_spawn",
+                        lambda self, name, cmd: spawned.setdefault(name, cmd))  # fmt: skip
+    job_file = tmp_path / "job.toml"
+    job_file.write_text(tiny_job().to_toml())
+    dep = launch.LocalDeployment(job_file, 3, tmp_path / "d")
+    with pytest.raises(TimeoutError):  # nothing really started, so nothing becomes ready
+        dep.start(ready_timeout=0.1)
+    assert dep.env["FLWR_TELEMETRY_ENABLED"] == "0"
+
+    def arg(cmd: list[str], flag: str) -> str:
+        return cmd[cmd.index(flag) + 1]
+
+    secret = tmp_path / "d" / "superexec.secret"
+    assert secret.stat().st_mode & 0o077 == 0 and len(secret.read_bytes()) == 32
+    ports = set()
+    for i in range(3):
+        agent, node = spawned[f"agent-{i}"], spawned[f"supernode-{i}"]
+        assert arg(node, "--isolation") == "process"
+        assert arg(agent, "--runtime-api-address") == f"127.0.0.1:{arg(node, '--port')}"
+        assert arg(agent, "--superexec-auth-secret-file") == str(secret)
+        assert arg(node, "--superexec-auth-secret-file") == str(secret)
+        ports.add(arg(node, "--port"))
+    assert len(ports) == 3
+
+
 # -- a real SuperLink with three SuperNodes ------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("isolation", ["process", "subprocess"])

@@ -220,17 +220,19 @@ def test_simulation_runtime_runs_the_same_app(tmp_path):
 
 @pytest.mark.slow
 def test_a_supernode_process_killed_mid_run_is_a_dropout(tmp_path):
-    """SIGKILL to SuperNode 2 itself (not its agent) after round 1 of a secagg+ job: the job
-    goes on without it, client 2 is a dropout in the metrics, and nothing waits forever."""
+    """SIGKILL to SuperNode 2 itself (not its agent) after round 1 of a 4-client secagg job
+    (it tolerates one dropout; secagg+ with 3 clients tolerates none and stops with a
+    DropoutError): the job goes on without it, client 2 is a dropout in the metrics, and
+    nothing waits forever."""
     import signal as signals
 
     from secfed.flower.launch import LocalDeployment
 
-    cfg = job("secagg+", privacy={}, rounds=3)
+    cfg = job("secagg", privacy={}, rounds=3, clients=4)
     job_file = tmp_path / "job.toml"
     job_file.write_text(cfg.to_toml())
     out = tmp_path / "out"
-    dep = LocalDeployment(job_file, 3, tmp_path / "d", logdir=out / "flower-logs")
+    dep = LocalDeployment(job_file, 4, tmp_path / "d", logdir=out / "flower-logs")
     stopper_done = threading.Event()
     killed: list[int] = []
 
@@ -254,7 +256,7 @@ def test_a_supernode_process_killed_mid_run_is_a_dropout(tmp_path):
         dep.stop()
     rows = RunDir(out).read_metrics()
     assert killed and not _alive(killed[0])
-    assert [r["contributors"] for r in rows] == [[0, 1, 2], [0, 1], [0, 1]], rows
+    assert [r["contributors"] for r in rows] == [[0, 1, 2, 3], [0, 1, 3], [0, 1, 3]], rows
     assert [r["dropped"] for r in rows] == [[], [2], [2]]
     assert summary["rounds"] == 3 and "supernode-2" in dep.lost
     assert all(p.poll() is not None for _, p in dep.procs)  # its agent was stopped too

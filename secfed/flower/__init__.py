@@ -4,6 +4,8 @@
   SuperLink's Grid;
 * :mod:`secfed.flower.client_app` — the ClientApp (``app``), a relay to the node agent;
 * :mod:`secfed.flower.agent` — the long-lived client beside each SuperNode;
+* :mod:`secfed.flower.executor` — the agent claiming its SuperNode's ClientApp tasks
+  (``--isolation process``: no process per message);
 * :mod:`secfed.flower.launch` — a local SuperLink + N SuperNodes + agents for one job file.
 
 Needs the optional extra: ``pip install -e '.[flower]'``. Importing this package does not

@@ -9,8 +9,11 @@ the job file (same seed, same model and data on every machine), trains with the 
 runner's client logic, and answers protocol stages. The ClientApp only relays envelopes to it
 over a Unix socket (``agent-dir`` in the SuperNode's node config).
 
-Run one per SuperNode: ``python -m secfed.flower.agent JOB.toml --client-id 0
---agent-dir DIR [--key-dir KEYS]``.
+Run one per SuperNode: ``python -m secfed.flower.agent JOB.toml --node-config '...'
+--agent-dir DIR [--runtime-api-address HOST:PORT] [--key-dir KEYS]``. With
+``--runtime-api-address`` (the SuperNode started with ``--isolation process --port PORT``) the
+agent also claims and answers the node's ClientApp tasks itself, so no ClientApp process is
+started per message (:mod:`secfed.flower.executor`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import secrets
 import signal
 import sys
 import tempfile
+import threading
 import time
 from multiprocessing.connection import Listener
 from pathlib import Path
@@ -50,6 +54,7 @@ from .codec import (
     from_frame,
     to_frame,
 )
+from .executor import run_in_thread, start_executor
 from .nodedata import LOCAL_KEY, NodeData, load_node_data, shared_tokenizer_texts
 from .policy import check_deployable
 
@@ -120,6 +125,7 @@ class NodeAgent:
         self.job_id: str | None = None
         self.result: tuple[str, int, ClientResult] | None = None
         self.session: tuple[bytes, crypto.ClientSession] | None = None
+        self._lock = threading.Lock()  # the socket relay and the task executor share us
 
     def close(self) -> None:
         """Remove the agent's scratch directory."""
@@ -127,6 +133,10 @@ class NodeAgent:
 
     def handle(self, env: Envelope) -> Envelope:
         """Answer one request; domain failures become an ``error`` envelope."""
+        with self._lock:
+            return self._handle(env)
+
+    def _handle(self, env: Envelope) -> Envelope:
         try:
             if env.kind == "hello":
                 return Envelope("hello", {"client": self.client_id, **self.info})
@@ -310,6 +320,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--client-id", type=int, default=None, help="default: partition-id")
     ap.add_argument("--agent-dir", type=Path, required=True, help="socket directory")
     ap.add_argument("--key-dir", type=Path, default=None, help="client keys (paillier/ckks)")
+    ap.add_argument(
+        "--runtime-api-address",
+        default=None,
+        metavar="HOST:PORT",
+        help="the SuperNode's Runtime API (flower-supernode --isolation process --port PORT): "
+        "this agent then runs the node's ClientApp tasks itself",
+    )
+    ap.add_argument(
+        "--superexec-auth-secret-file",
+        default=None,
+        help="the secret file given to flower-supernode (only this agent may claim its tasks)",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s agent %(levelname)s %(message)s")
     # SIGTERM unwinds like Ctrl-C, so the scratch directory and socket are removed.
@@ -325,9 +347,28 @@ def main(argv: list[str] | None = None) -> None:
     except SecfedError as err:
         log.error("%s", err)
         sys.exit(2)
+    stop = threading.Event()
+    executor = None
     try:
-        serve(agent, args.agent_dir)
+        if args.runtime_api_address:
+            try:
+                executor = start_executor(agent.handle, args.runtime_api_address,
+                                          args.superexec_auth_secret_file, stop)  # fmt: skip
+                log.info("client %d answers the ClientApp tasks of the SuperNode at %s",
+                         agent.client_id, args.runtime_api_address)  # fmt: skip
+            except (OSError, ValueError) as err:
+                log.error("cannot serve the SuperNode's tasks: %s", err)
+                sys.exit(2)
+        run_in_thread("relay", lambda: serve(agent, args.agent_dir), stop)
+        # The main thread only waits: a signal delivered to any thread (torch's, Flower's)
+        # runs its handler here within half a second, so SIGTERM always ends the agent.
+        while not stop.wait(0.5):
+            pass
+        sys.exit(1)  # a serving thread failed (logged)
     finally:
+        stop.set()
+        if executor is not None:
+            executor.close()
         agent.close()
         for name in (AGENT_SOCKET, AGENT_AUTHKEY, READY):
             (args.agent_dir / name).unlink(missing_ok=True)

@@ -4,12 +4,16 @@ The SuperNode's node config names the agent (``agent-dir``, the directory holdin
 and authentication key); see :mod:`secfed.flower.agent` for why training and protocol state
 live there. ``partition-id`` and ``num-partitions`` are checked against the agent's answer.
 This module imports no torch, so a message costs a process start and one socket round trip.
+With ``flower-supernode --isolation process`` no ClientApp process is started at all: the
+agent claims the node's tasks itself and answers them through :func:`answer`
+(:mod:`secfed.flower.executor`).
 Under Flower's simulation runtime (run config ``simulation = true``, no ``agent-dir``) the
 agent lives in the simulation's worker process instead (:func:`in_process_agent`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from multiprocessing.connection import Client
 from pathlib import Path
 from typing import Any
@@ -78,20 +82,27 @@ def in_process_agent(context: Context) -> Any:
 def handle_message(message: Message, context: Context) -> Message:
     """Relay ``message`` to the agent named in the node config and wrap its answer."""
     agent_dir = context.node_config.get(AGENT_DIR)
-    request = from_record(message.content)
     if (
         agent_dir is None
         and "partition-id" in context.node_config
         and context.run_config.get("simulation")
     ):
-        reply = in_process_agent(context).handle(request)
-        return Message(to_record(reply), reply_to=message)
+        return answer(message, context, in_process_agent(context).handle)
     if not isinstance(agent_dir, str):
         raise EnvelopeError(
             f"the SuperNode's node config lacks {AGENT_DIR!r}: start it with --node-config "
             f"'partition-id=0 num-partitions=3 {AGENT_DIR}=\"/path/to/agent\"'"
         )
-    reply = call_agent(Path(agent_dir), request)
+    return answer(message, context, lambda env: call_agent(Path(agent_dir), env))
+
+
+def answer(message: Message, context: Context, ask: Callable[[Envelope], Envelope]) -> Message:
+    """The reply to ``message`` from an agent reached through ``ask``.
+
+    A ``hello`` answer is checked against the node config's ``partition-id``: a SuperNode
+    and an agent started with different ids would otherwise train the wrong client.
+    """
+    reply = ask(from_record(message.content))
     partition = context.node_config.get("partition-id")
     if reply.kind == "hello" and partition is not None and int(partition) != reply.meta["client"]:
         reply = Envelope(

@@ -3,7 +3,8 @@
 ``python -m secfed.flower.launch JOB.toml --out runs/x [--data a.csv --data b.csv ...]``
 starts, on 127.0.0.1 only and with ``--insecure``: one ``flower-superlink``, one node agent
 and one SuperNode per client (node config ``partition-id``, ``num-partitions``,
-``agent-dir`` and, with ``--data``, that node's own ``data-path``), submits the app with
+``agent-dir`` and, with ``--data``, that node's own ``data-path``; by default the agent
+answers its SuperNode's ClientApp tasks, ``--isolation process``), submits the app with
 ``flwr run``, prints each round as it ends and waits for the job's ``summary.json``. What
 would fail later is refused first, in one line: a cohort that does not match the job, an
 existing run directory, a feature Flower does not carry. A SuperNode or agent that exits
@@ -20,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -29,12 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import crypto
-
-from ..config import ExperimentConfig
 from ..errors import ConfigError, SecfedError
 from ..rundir import RunDir
-from .policy import check_deployable
+from .policy import check_launch
 from .procs import (
     descendants,
     find_bin,
@@ -96,6 +95,9 @@ class LocalDeployment:
     allow about 100 characters); ``logdir`` the processes' logs (default: ``workdir``).
     ``data`` gives node ``i`` its own file (``data-path`` in its node config);
     ``poll`` is the SuperNodes' idle poll (see :mod:`secfed.flower.supernode`).
+    ``isolation`` ``process`` (default): each agent claims its SuperNode's ClientApp tasks
+    itself, no process per message (:mod:`secfed.flower.executor`); ``subprocess``: Flower's
+    own SuperExec starts a ClientApp process per message, which relays to the agent.
     """
 
     job: Path
@@ -106,6 +108,7 @@ class LocalDeployment:
     data: list[Path] | None = None
     node_extra: str = ""
     poll: float = 0.1
+    isolation: str = "process"
     env: dict[str, str] = field(default_factory=dict)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     control_address: str = ""
@@ -134,6 +137,15 @@ class LocalDeployment:
         # Flower starts helpers (flower-superexec, flwr-serverapp) by name: PATH must hold them.
         path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         self.env = {**os.environ, "FLWR_HOME": str(home), "OMP_NUM_THREADS": "1", "PATH": path}
+        # Flower posts usage events to telemetry.flower.ai unless told not to; these processes
+        # run on the organisations' machines: off unless the user set it.
+        self.env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+        if self.isolation not in ("process", "subprocess"):
+            raise ConfigError(f"isolation {self.isolation!r}: use 'process' or 'subprocess'")
+        secret = self.workdir / "superexec.secret"
+        fd = os.open(secret, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
         if self.poll > 0:
             self.env["SECFED_SUPERNODE_POLL"] = str(self.poll)
         port = free_port()  # Flower 1.41 serves Fleet, Control and runtime APIs on one port
@@ -148,11 +160,15 @@ class LocalDeployment:
                         self.node_extra)
             for i, d in enumerate(agent_dirs)
         ]  # fmt: skip
+        runtime_ports = [free_port() for _ in configs]
         for i, (adir, conf) in enumerate(zip(agent_dirs, configs, strict=True)):
             cmd = [sys.executable, "-m", "secfed.flower.agent", str(self.job),
                    "--node-config", conf, "--agent-dir", str(adir)]  # fmt: skip
             if self.key_dir is not None:
                 cmd += ["--key-dir", str(self.key_dir)]
+            if self.isolation == "process":
+                cmd += ["--runtime-api-address", f"127.0.0.1:{runtime_ports[i]}",
+                        "--superexec-auth-secret-file", str(secret)]  # fmt: skip
             self._spawn(f"agent-{i}", cmd)
         self._spawn("superlink", [
             find_bin("flower-superlink"), "--insecure",
@@ -162,11 +178,14 @@ class LocalDeployment:
             # poll <= 0: Flower's own flower-supernode with its stock intervals
             entry = ([sys.executable, "-m", "secfed.flower.supernode"] if self.poll > 0
                      else [find_bin("flower-supernode")])  # fmt: skip
+            isolation = ["--isolation", self.isolation]
+            if self.isolation == "process":
+                isolation += ["--superexec-auth-secret-file", str(secret)]
             self._spawn(f"supernode-{i}", [
-                *entry, "--insecure",
+                *entry, "--insecure", *isolation,
                 "--superlink", self.control_address,
                 "--node-config", conf,
-                "--host", "127.0.0.1", "--port", str(free_port()),
+                "--host", "127.0.0.1", "--port", str(runtime_ports[i]),
             ])  # fmt: skip
         deadline = time.monotonic() + ready_timeout
         while not (all((d / "ready").exists() for d in agent_dirs) and listening(port)):
@@ -191,6 +210,22 @@ class LocalDeployment:
             self.lost.add(name)
             log.warning("%s exited with %s: its client counts as dropped from now on (log: %s)",
                         name, rc, self.log_path(name))  # fmt: skip
+            self._stop_partner(name)
+
+    def _stop_partner(self, name: str) -> None:
+        """An organisation is its SuperNode and its agent: when one goes, stop the other.
+
+        A SuperNode that ends cleanly leaves the federation at once, so the server gets
+        "node unavailable" for it instead of waiting out a timeout on tasks nobody claims.
+        """
+        kind, _, index = name.partition("-")
+        partner = {"agent": "supernode", "supernode": "agent"}.get(kind)
+        if partner is None:
+            return
+        proc = dict(self.procs).get(f"{partner}-{index}")
+        if proc is not None and proc.poll() is None:
+            self.lost.add(f"{partner}-{index}")
+            proc.terminate()
 
     def run(
         self, out: Path, *, run_config: dict[str, Any] | None = None, timeout: float = 3600.0,
@@ -274,38 +309,6 @@ class LaunchError(SecfedError):
     """The local deployment could not run the job (the message names the process and why)."""
 
 
-def check_launch(cfg: ExperimentConfig, args: argparse.Namespace, out: Path) -> int:
-    """Refuse, before any process starts, what would fail or mislead later."""
-    check_deployable(cfg)
-    n = cfg.federation.clients
-    if args.supernodes is not None and args.supernodes != n:
-        raise ConfigError(
-            f"--supernodes {args.supernodes} but the job has federation.clients = {n}: one "
-            f"SuperNode serves one client; drop --supernodes or set clients = {args.supernodes}"
-        )
-    if args.data and len(args.data) != n:
-        raise ConfigError(
-            f"{len(args.data)} --data files for {n} clients: give one file per client"
-        )
-    for path in args.data or []:
-        if not path.is_file():
-            raise ConfigError(f"--data {path}: no such file")
-    if args.resume:
-        if RunDir(out).summary.exists():
-            raise ConfigError(f"{out} holds a finished run (summary.json): nothing to resume")
-    elif out.exists() and any(out.iterdir()):
-        raise ConfigError(
-            f"{out} already exists and is not empty: choose another --out, or continue an "
-            f"interrupted run with --resume {out}"
-        )
-    if crypto.get_protocol(cfg.aggregation.protocol).learned_by == "clients" and not args.key_dir:
-        raise ConfigError(
-            f"protocol {cfg.aggregation.protocol!r} needs --key-dir (make it with `secfed keys "
-            f"generate --scheme {cfg.aggregation.protocol} --out DIR`)"
-        )
-    return n
-
-
 def main(argv: list[str] | None = None) -> None:
     """``python -m secfed.flower.launch JOB.toml --out DIR [--data F0 --data F1 ...]``."""
     ap = argparse.ArgumentParser(description="Run a secfed job on a local Flower deployment.")
@@ -331,6 +334,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--key-dir", type=Path, default=None, help="keys for paillier/ckks")
     ap.add_argument("--poll", type=float, default=0.1,
                     help="SuperNode idle poll in seconds (0: Flower's stock 3 s)")  # fmt: skip
+    ap.add_argument("--isolation", choices=("process", "subprocess"), default="process",
+                    help="process: each agent runs its node's ClientApp tasks (default); "
+                         "subprocess: Flower starts a ClientApp process per message")  # fmt: skip
     ap.add_argument("--stage-timeout", type=float, default=120.0)
     ap.add_argument("--train-timeout", type=float, default=600.0)
     args = ap.parse_args(argv)
@@ -375,7 +381,7 @@ def _launch(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="secfed-flower-") as tmp:
         dep = LocalDeployment(job, n, Path(tmp), key_dir=args.key_dir, logdir=logdir,
-                              data=args.data, poll=args.poll)  # fmt: skip
+                              data=args.data, poll=args.poll, isolation=args.isolation)  # fmt: skip
         with dep:
             log.info("starting a SuperLink and %d SuperNodes on 127.0.0.1 (logs: %s)", n, logdir)
             dep.start()

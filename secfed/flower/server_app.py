@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..rundir import RunDir
 from .exchange import GridExchange
 from .server import FlowerRunner
+from .supernode import shorten_pull_backoff
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run (or resume) every round of the job, then write the run directory's outputs."""
     torch.set_num_threads(1)
+    shorten_pull_backoff()  # replies are pulled as soon as their objects arrive
     rc = context.run_config
     job = rc.get("job")
     resume = str(rc.get("resume") or "")

@@ -1,10 +1,8 @@
-"""Flower deployment adapter: envelope encoding, the ClientApp relay, the server/client logic
-(in-process exchange through Flower records), dropouts, and a real local SuperLink run."""
+"""Flower adapter, in one process: envelope encoding, the ClientApp relay and the task executor,
+the server/client logic over Flower records (LocalExchange), dropouts, resume, every protocol."""
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import threading
 import time
@@ -16,7 +14,6 @@ import pytest
 pytest.importorskip("flwr")
 
 import crypto
-from secfed.checkpoint import load_checkpoint
 from secfed.errors import ConfigError
 from secfed.flower import Envelope, EnvelopeError, LocalExchange
 from secfed.flower.agent import NodeAgent, serve
@@ -29,32 +26,9 @@ from secfed.flower.codec import (
     to_record,
 )
 from secfed.flower.server import FlowerRunner
-from secfed.rundir import RunDir
 from secfed.runner import FederatedRunner
 from tests.secfed.conftest import tiny_job
-
-DP = {"deterministic_noise": True, "sample": {"enabled": True, "noise_multiplier": 1.0}}
-
-
-def job(protocol: str = "secagg+", privacy: dict | None = None, **fed):
-    return tiny_job(
-        federation={"rounds": 2, "optimizer": "sgd", "lr": 0.5, **fed},
-        aggregation={"protocol": protocol},
-        privacy=privacy if privacy is not None else DP,
-    )
-
-
-def local_deployment(cfg, key_dir=None):
-    agents = {
-        100 + c: NodeAgent(cfg, client_id=c, key_dir=key_dir) for c in range(cfg.federation.clients)
-    }
-    return agents, LocalExchange({node: a.handle for node, a in agents.items()})
-
-
-def identities(cfg, root: Path) -> Path:
-    """The job's roster and identity keys (secfed keys generate --scheme identity)."""
-    crypto.core.identity.load_or_create(root / "identity", range(cfg.federation.clients))
-    return root
+from tests.secfed.flower_helpers import DP, identities, job, local_deployment
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -113,6 +87,59 @@ def test_client_app_relays_a_flower_message_to_its_agent(tmp_path):
     assert from_record(handle_message(msg, wrong).content).kind == "error"
     with pytest.raises(EnvelopeError, match="no secfed node agent"):
         handle_message(msg, Context(1, 7, {"agent-dir": str(tmp_path)}, RecordDict(), {}))
+
+
+# -- the agent's task executor (flower-supernode --isolation process) ----------------------
+def _fab(clientapp: str):
+    """A Flower app bundle (zip with pyproject.toml) naming ``clientapp``."""
+    import io
+    import zipfile
+
+    from flwr.supercore.fab import Fab
+
+    from secfed.flower.launch import APP_TOML
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("pyproject.toml", APP_TOML.replace("secfed.flower.client_app:app", clientapp))
+    return Fab(hash_str=f"hash-{clientapp}", content=buf.getvalue(), verifications={})
+
+
+def test_the_executor_runs_only_secfeds_client_app():
+    """A server cannot make a node run code it sends: an app naming another ClientApp is
+    refused (the task ends with an error reply), secfed's own is served."""
+    from secfed.flower.executor import TaskExecutor
+
+    ex = TaskExecutor("127.0.0.1:9", lambda m, c: m)
+    try:
+        ex._check_app(_fab("secfed.flower.client_app:app"))
+        with pytest.raises(PermissionError, match=r"runs only 'secfed\.flower\.client_app:app'"):
+            ex._check_app(_fab("evil.steal:app"))
+    finally:
+        ex.close()
+
+
+def test_object_pulls_start_their_backoff_short(monkeypatch):
+    """Flower's wait for not-yet-pushed objects starts at 1 s; in secfed's processes every
+    puller (node, ServerApp, agent) starts at 0.02 s, even where Flower passes its default."""
+    import importlib
+
+    from secfed.flower import supernode
+
+    modules = [importlib.import_module(name) for name in supernode.PULLERS]
+    seen: list[dict] = []
+
+    def fake_pull_objects(object_ids, pull_object_fn, **kwargs):
+        seen.append(kwargs)
+        return {}
+
+    for m in modules:
+        monkeypatch.setattr(m, "pull_objects", fake_pull_objects)
+    assert supernode.shorten_pull_backoff() == len(modules)
+    for m in modules:
+        m.pull_objects(["x"], None)  # as the SuperNode and the Grid call it
+    modules[0].pull_objects(["x"], None, initial_backoff=1, backoff_cap=10)  # as inflate does
+    assert seen == [{"initial_backoff": 0.02, "backoff_cap": 0.5}] * (len(modules) + 1)
 
 
 # -- server and client logic over Flower records -------------------------------------------
@@ -197,42 +224,6 @@ def test_unsupported_features_are_refused():
         NodeAgent(tiny_job(federation={"strategy": "scaffold"}), client_id=0)
 
 
-# -- a real SuperLink with three SuperNodes ------------------------------------------------
-@pytest.mark.slow
-def test_superlink_with_three_supernodes_matches_in_process(tmp_path):
-    from secfed.flower.launch import LocalDeployment
-
-    cfg = job()
-    job_file = tmp_path / "job.toml"
-    job_file.write_text(cfg.to_toml())
-    ref = FederatedRunner(cfg, tmp_path / "ref")
-    ref.run()
-    dep = LocalDeployment(job_file, 3, tmp_path / "deploy")
-    try:
-        dep.start()
-        pids = [p.pid for _, p in dep.procs]
-        summary = dep.run(tmp_path / "out", timeout=540)
-    finally:
-        dep.stop()
-    assert all(p.poll() is not None for _, p in dep.procs)
-    assert not any(_alive(pid) for pid in pids)
-    out = RunDir(tmp_path / "out")
-    assert [r["dropped"] for r in out.read_metrics()] == [[], []], out.read_metrics()
-    latest = out.latest_checkpoint()
-    assert latest is not None
-    assert np.array_equal(load_checkpoint(latest).global_vector, ref.state.global_vector)
-    assert summary["rounds"] == 2
-    assert summary["privacy"]["epsilon"] == ref.privacy_summary()["epsilon"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
-
-
 def _split_keys(protocol: str, options: dict, root: Path) -> tuple[Path, Path]:
     """Full key dir (clients) and a copy holding only the public part (server)."""
     full, public = root / "keys", root / "keys-public"
@@ -280,184 +271,6 @@ def test_every_protocol_over_flower_matches_in_process(tmp_path, protocol, optio
     bound = row["aggregate_error_bound"]  # 0 for the integer schemes: then exact
     diff = np.max(np.abs(fl.state.global_vector - ref.state.global_vector))
     assert diff <= 2 * bound + 1e-7 if bound else diff == 0.0
-
-
-# -- each organisation's own file ----------------------------------------------------------
-def write_org_files(root: Path, sizes=(50, 70, 90), *, string_labels=False) -> list[Path]:
-    """Three CSV files of the built-in task with different rows (one per organisation)."""
-    from secfed import builtin_task
-
-    texts, labels = builtin_task.generate(num_examples=sum(sizes), seed=41, label_noise=0.0)
-    paths, at = [], 0
-    for i, n in enumerate(sizes):
-        path = root / f"org{i}.csv"
-        rows = ["text,label"]
-        for t, y in zip(texts[at : at + n], labels[at : at + n], strict=True):
-            rows.append(f'"{t}",{["neg", "pos"][y] if string_labels else y}')
-        path.write_text("\n".join(rows) + "\n")
-        paths.append(path)
-        at += n
-    return paths
-
-
-def org_agents(cfg, files, **extra):
-    return {
-        10 + c: NodeAgent(cfg, client_id=c, node_config={"data-path": str(f), **extra})
-        for c, f in enumerate(files)
-    }
-
-
-def test_nodes_train_on_their_own_files_and_the_server_sees_counts_only(tmp_path):
-    files = write_org_files(tmp_path)
-    cfg = job("secagg", privacy={}, rounds=1)
-    agents = org_agents(cfg, files, **{"test-fraction": 0.2})
-    exchange = LocalExchange({n: a.handle for n, a in agents.items()})
-    fl = FlowerRunner(cfg, tmp_path / "fl", exchange)
-    # each client's data is its whole file: train + held-out = its rows, nothing shared
-    for c, n in enumerate((50, 70, 90)):
-        shard = agents[10 + c].local.shard
-        assert len(shard.train) + len(shard.test) == n and len(shard.test) == round(0.2 * n)
-        assert fl.infos[c]["num_examples"] == len(shard.train)
-    told = json.dumps(fl.infos)
-    assert "org0" not in told and str(tmp_path) not in told
-    server_texts = set(fl.parts.data.texts)
-    for f in files:
-        assert not server_texts & set(f.read_text().splitlines()[1:])
-    start = fl.state.global_vector.copy()
-    fl.run()
-    row = fl.dir.read_metrics()[0]
-    assert row["contributors"] == [0, 1, 2] and row["dropped"] == []
-    # the global update is the example-weighted mean of the three local updates
-    results = [agents[10 + c].result[2] for c in range(3)]
-    total = sum(r.weight for r in results)
-    mean = sum(r.weight * r.payload for r in results) / total
-    bound = row["aggregate_error_bound"] / total + 1e-6
-    assert np.max(np.abs((fl.state.global_vector - start) - mean)) <= bound
-    # FedAvg weights: each file's training rows over the largest file's (40, 56, 72 of 72)
-    assert [r.weight for r in results] == pytest.approx([40 / 72, 56 / 72, 1.0])
-    # federated evaluation = the global model evaluated on the union of held-out sets
-    from secfed import training
-
-    models_ = __import__("models")
-    correct = loss = n = 0
-    for a in agents.values():
-        models_.load_adapter_vector(a.runner.parts.model, fl.state.global_vector.astype("float32"))
-        m = training.evaluate(a.runner.parts.model, a.runner.parts.test_set)
-        k = len(a.runner.parts.test_set)
-        correct, loss, n = correct + m["accuracy"] * k, loss + m["loss"] * k, n + k
-    assert row["evaluated_on"] == n == 42
-    assert row["accuracy"] == pytest.approx(correct / n) and row["loss"] == pytest.approx(loss / n)
-
-
-def test_a_server_evaluation_file_replaces_federated_evaluation(tmp_path):
-    files = write_org_files(tmp_path, string_labels=True)
-    eval_file = write_org_files(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path,
-                                sizes=(40,), string_labels=True)[0]  # fmt: skip
-    cfg = job("plain", privacy={}, rounds=1)
-    agents = org_agents(cfg, files)
-    exchange = LocalExchange({n: a.handle for n, a in agents.items()})
-    fl = FlowerRunner(cfg, tmp_path / "fl", exchange, eval_path=str(eval_file))
-    fl.run()
-    assert not any(g.endswith("/evaluate") for g, _, _ in exchange.calls)
-    row = fl.dir.read_metrics()[0]
-    assert len(fl.parts.test_set) == 40 and "evaluated_on" not in row
-    from secfed import training
-
-    assert row["accuracy"] == training.evaluate(fl.parts.model, fl.parts.test_set)["accuracy"]
-
-
-def test_a_cohort_that_does_not_match_the_nodes_is_refused_before_round_1(tmp_path):
-    cfg = job("plain", privacy={}, rounds=1, clients=3)
-    two = {100 + c: NodeAgent(cfg, client_id=c).handle for c in range(2)}
-    with pytest.raises(ConfigError, match=r"no SuperNode serves client\(s\) \[2\]"):
-        FlowerRunner(cfg, tmp_path / "fl", LocalExchange(two), connect_timeout=0.3)
-    assert not (tmp_path / "fl").exists()
-
-
-def test_nodes_whose_labels_mean_different_classes_are_refused(tmp_path):
-    files = write_org_files(tmp_path, string_labels=True)
-    odd = tmp_path / "odd.csv"
-    odd.write_text(files[2].read_text().replace(",pos", ",positive"))
-    cfg = job("plain", privacy={}, rounds=1)
-    agents = org_agents(cfg, [*files[:2], odd])
-    with pytest.raises(ConfigError, match="name their labels differently"):
-        FlowerRunner(cfg, tmp_path / "fl", LocalExchange({n: a.handle for n, a in agents.items()}))
-
-
-# -- the local launcher's refusals (nothing is started) ------------------------------------
-@pytest.mark.parametrize(
-    ("setup", "args", "reason"),
-    [
-        ("exists", [], "already exists and is not empty"),
-        ("", ["--supernodes", "2"], "--supernodes 2 but the job has federation.clients = 3"),
-        ("scaffold", [], "scaffold"),
-        ("", ["--data", "a.csv"], "1 --data files for 3 clients"),
-        ("", ["--resume", "RUN"], "no secfed run with a checkpoint"),
-    ],
-)
-def test_launcher_refuses_in_one_line_before_starting_anything(
-    tmp_path, caplog, monkeypatch, setup, args, reason
-):
-    from secfed.flower import launch
-
-    spawned = []
-    monkeypatch.setattr(launch.LocalDeployment, "_spawn", lambda *a: spawned.append(a))
-    cfg = tiny_job(federation={"strategy": "scaffold"} if setup == "scaffold" else {})
-    job_file = tmp_path / "job.toml"
-    job_file.write_text(cfg.to_toml())
-    out = tmp_path / "RUN"
-    if setup == "exists":
-        out.mkdir()
-        (out / "summary.json").write_text("{}")
-    argv = [str(job_file), "--out", str(out)] + [a.replace("RUN", str(out)) for a in args]
-    with pytest.raises(SystemExit) as exc:
-        launch.main(argv)
-    assert exc.value.code == 2 and not spawned
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert len(errors) == 1 and reason in errors[0] and "\n" not in errors[0]
-
-
-# -- three organisations on a real SuperLink -----------------------------------------------
-@pytest.mark.slow
-def test_three_organisations_on_a_superlink_and_one_goes_away(tmp_path, monkeypatch):
-    """Three SuperNodes read three different local files; node 2's agent stops after round 1
-    and client 2 becomes a dropout while the job goes on; logs stay, scratch dirs go."""
-    import signal as signals
-
-    from secfed.flower.launch import LocalDeployment
-
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    monkeypatch.setenv("TMPDIR", str(scratch))
-    files = write_org_files(tmp_path)
-    cfg = job("plain", privacy={}, rounds=3)
-    job_file = tmp_path / "job.toml"
-    job_file.write_text(cfg.to_toml())
-    out = tmp_path / "out"
-    dep = LocalDeployment(job_file, 3, tmp_path / "d", logdir=out / "flower-logs", data=files)
-    stopper_done = threading.Event()
-
-    def stop_agent_2_after_round_1():
-        while not stopper_done.is_set():
-            if len(RunDir(out).read_metrics()) >= 1:
-                dict(dep.procs)["agent-2"].send_signal(signals.SIGTERM)
-                return
-            time.sleep(0.2)
-
-    try:
-        dep.start()
-        threading.Thread(target=stop_agent_2_after_round_1, daemon=True).start()
-        summary = dep.run(out, timeout=540)
-    finally:
-        stopper_done.set()
-        dep.stop()
-    rows = RunDir(out).read_metrics()
-    assert [r["contributors"] for r in rows] == [[0, 1, 2], [0, 1], [0, 1]], rows
-    assert [r["dropped"] for r in rows] == [[], [2], [2]]
-    assert all(r["evaluated_on"] == 10 + 14 + (18 if i == 0 else 0) for i, r in enumerate(rows))
-    assert summary["rounds"] == 3 and "agent-2" in dep.lost
-    assert (out / "flower-logs" / "supernode-2.log").exists()
-    assert not list(scratch.glob("secfed-agent-*")), "agent scratch directories left behind"
 
 
 def test_resume_over_flower_ends_where_an_uninterrupted_run_ends(tmp_path):
@@ -516,53 +329,3 @@ def test_simulation_runtime_keeps_one_agent_per_virtual_node_in_process(tmp_path
         for a in client_app._IN_PROCESS.values():
             a.close()
         client_app._IN_PROCESS.clear()
-
-
-@pytest.mark.slow
-def test_simulation_runtime_runs_the_same_app(tmp_path):
-    """`flwr run` on Flower's simulation runtime (ray) ends where the in-process job ends."""
-    import contextlib
-    import signal
-    import subprocess
-    import sys
-
-    pytest.importorskip("ray")
-    from secfed.flower.launch import APP_TOML
-
-    cfg = job("secagg", privacy={}, rounds=2)
-    (tmp_path / "job.toml").write_text(cfg.to_toml())
-    (tmp_path / "app").mkdir()
-    (tmp_path / "app" / "pyproject.toml").write_text(APP_TOML)
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "config.toml").write_text(
-        '[superlink]\ndefault = "sim"\n\n[superlink.sim]\noptions.num-supernodes = 3\n'
-        "options.backend.client-resources.num-cpus = 2\noptions.backend.init-args.num-cpus = 2\n"
-    )
-    bindir = str(Path(sys.executable).parent)
-    env = {**os.environ, "FLWR_HOME": str(home), "PATH": f"{bindir}:{os.environ['PATH']}"}
-    run_config = f'job="{tmp_path / "job.toml"}" out="{tmp_path / "out"}" simulation=true'
-    try:
-        subprocess.run(
-            [f"{bindir}/flwr", "run", str(tmp_path / "app"), "sim", "--stream",
-             "--run-config", run_config],
-            env=env, cwd=tmp_path, timeout=840, check=True, capture_output=True,
-        )  # fmt: skip
-    finally:  # `flwr run` leaves its local SuperLink running: stop it and its helpers
-        from secfed.flower.procs import descendants
-
-        ours = [
-            int(p.parent.name)
-            for p in Path("/proc").glob("[0-9]*/cmdline")
-            if str(home) in p.read_bytes().decode(errors="replace")
-        ]
-        for pid in ours + descendants(ours):
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-    ref = FederatedRunner(cfg, tmp_path / "ref")
-    ref.run()
-    out = RunDir(tmp_path / "out")
-    assert [r["contributors"] for r in out.read_metrics()] == [[0, 1, 2], [0, 1, 2]]
-    latest = out.latest_checkpoint()
-    assert latest is not None
-    assert np.array_equal(load_checkpoint(latest).global_vector, ref.state.global_vector)

@@ -178,15 +178,19 @@ class UserDPSection(_Section):
     adaptive_quantile: float | None = Field(None, gt=0.0, lt=1.0)
     adaptive_lr: float = Field(0.2, gt=0.0)
     adaptive_count_noise: float | None = Field(None, ge=0.0)
+    #: Most epsilon against the released models (the observer sampling amplifies for) the
+    #: job may spend; the job ends before a round that would pass it.
+    budget: float | None = Field(None, gt=0.0)
 
 
 class PrivacySection(_Section):
     """Privacy settings: delta, budget, and the two DP levels.
 
     ``budget`` is the per-client sample-level epsilon enforced over the whole job (default:
-    ``sample.epsilon``). ``deterministic_noise`` derives DP noise from the job seed so runs
-    repeat bit for bit; anyone who knows the seed can then predict (and remove) the noise,
-    so it is for tests and debugging only.
+    ``sample.epsilon``); ``user.budget`` is user-level DP's (against the released models).
+    ``deterministic_noise`` derives DP noise from the job seed so runs repeat bit for bit;
+    anyone who knows the seed can then predict (and remove) the noise, so it is for tests
+    and debugging only.
     """
 
     delta: float = Field(1e-5, gt=0.0, lt=1.0)
@@ -194,6 +198,15 @@ class PrivacySection(_Section):
     deterministic_noise: bool = False
     sample: SampleDPSection = Field(default_factory=SampleDPSection)
     user: UserDPSection = Field(default_factory=UserDPSection)
+
+    @model_validator(mode="after")
+    def _budget_has_a_level(self) -> PrivacySection:
+        if self.budget is not None and not self.sample.enabled:
+            raise ValueError(
+                f"privacy.budget = {self.budget:g} limits sample-level DP-SGD, which is off: "
+                "enable privacy.sample, or for user-level DP set privacy.user.budget instead"
+            )
+        return self
 
 
 class WatermarkSection(_Section):

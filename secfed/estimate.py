@@ -13,6 +13,7 @@ import privacy
 
 from .config import ExperimentConfig
 from .data import load_dataset, partition
+from .job_dp.budget import budget_warning, released_epsilon, rounds_within
 from .job_dp.observers import AGGREGATOR, RELEASED, aggregator_protected, released_assumes
 from .job_dp.report import SAMPLE_OBSERVER
 from .job_dp.user_level import protocol_options
@@ -101,12 +102,15 @@ def _sample(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
-def _skellam_epsilon(cfg: ExperimentConfig, rates: list[tuple[float, int]]) -> list[float] | None:
-    """The run-time Skellam figure for distributed noise through a fixed-point protocol."""
+def _skellam_plan(cfg: ExperimentConfig) -> privacy.SkellamPlan | None:
+    """The run-time Skellam plan for distributed noise through a fixed-point protocol."""
     u = cfg.privacy.user
     proto = crypto.create_protocol(cfg.aggregation.protocol, **protocol_options(cfg))
     quantum = getattr(proto, "quantum", None)
-    if u.noise != "distributed" or quantum is None or u.adaptive_quantile is not None:
+    if (
+        u.noise != "distributed" or quantum is None or u.adaptive_quantile is not None
+        or u.noise_multiplier == 0
+    ):  # fmt: skip
         return None
     from .assembly import build_parts
     from .strategies import create_strategy
@@ -115,11 +119,10 @@ def _skellam_epsilon(cfg: ExperimentConfig, rates: list[tuple[float, int]]) -> l
     shape_only = cfg.with_overrides(model={"pretrain_steps": 0})
     dim = models.adapter_size(build_parts(shape_only).model)
     strat = create_strategy(cfg.federation.strategy, dim=dim, options={})
-    plan = privacy.plan_skellam(
+    return privacy.plan_skellam(
         noise_multiplier=u.noise_multiplier, clip_norm=u.clip_norm, quantum=quantum,
         dim=dim * strat.update_blocks, clients=1, tolerated_dropouts=0,
     )  # fmt: skip
-    return [plan.epsilon(sample_rate=q, rounds=n, delta=cfg.privacy.delta) for q, n in rates]
 
 
 def _user(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -172,8 +175,12 @@ def _user(cfg: ExperimentConfig) -> dict[str, Any]:
         },
         "note": "",
     }
-    skellam = _skellam_epsilon(cfg, [(q, rounds), (1.0, math.ceil(expected)), (1.0, high)])
-    if skellam is not None and u.noise_multiplier > 0:
+    plan = _skellam_plan(cfg)
+    if plan is not None:
+        skellam = [
+            plan.epsilon(sample_rate=rate, rounds=k, delta=p.delta)
+            for rate, k in [(q, rounds), (1.0, math.ceil(expected)), (1.0, high)]
+        ]
         over = 100.0 * (skellam[0] / released - 1.0)
         out["skellam_epsilon"] = skellam[0]
         out["observers"][RELEASED]["epsilon"] = skellam[0]
@@ -185,6 +192,16 @@ def _user(cfg: ExperimentConfig) -> dict[str, Any]:
             f"accounted at run time as Skellam: {skellam[0]:.4g}, {over:.1f}% above the "
             f"Gaussian figure {released:.4g} (rounding in the fixed-point unit)"
         )
+    out["budget"], out["rounds_within_budget"], out["warnings"] = u.budget, rounds, []
+    if u.budget is not None:
+        # The same figure the job enforces (job_dp.budget): Skellam where it applies.
+        planned = out["observers"][RELEASED]["epsilon"]
+        if planned > u.budget:
+            fit = rounds_within(u.budget, rounds, lambda r: released_epsilon(cfg, r, plan))
+            out["rounds_within_budget"] = fit
+            out["warnings"].append(
+                budget_warning(budget=u.budget, rounds=rounds, fit=fit, epsilon=planned)
+            )
     return out
 
 
@@ -204,4 +221,5 @@ def estimate(cfg: ExperimentConfig) -> dict[str, Any]:
         out["warnings"] += out["sample"]["warnings"]
     if p.user.enabled:
         out["user"] = _user(cfg)
+        out["warnings"] += out["user"]["warnings"]
     return out

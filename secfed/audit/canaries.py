@@ -51,8 +51,9 @@ class UpdateCanaries:
 class ExampleCanaries:
     """Random-label canary examples for sample-level DP: uniformly random token sequences
     (no special tokens) with uniformly random labels; included ones are spread over the
-    clients' training data. Score: the gain in log-probability of the canary's label from
-    the initial to the final model."""
+    clients' training data. Score (:meth:`scores`): the gain in log-probability of the
+    canary's label from the initial to the final model, minus the mean gain of all canaries
+    with the same label."""
 
     tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     included: NDArray[np.bool_]
@@ -86,3 +87,19 @@ class ExampleCanaries:
             logp = torch.log_softmax(logits.float(), dim=-1)
             out.append(logp.gather(1, y[i : i + 256, None])[:, 0])
         return torch.cat(out).double().numpy()
+
+    def scores(self, gain: NDArray[np.float64]) -> NDArray[np.float64]:
+        """Membership scores from each canary's log-probability ``gain``, centred per label.
+
+        Training moves every random-token sequence's prediction the same way (towards
+        whichever class the task pushes such inputs to), which shifts all canaries of one
+        label up and of the other down whether included or not; the top scores would then
+        be one label's canaries, half of them excluded. Subtracting the label's mean gain
+        (a function of the model and the public canaries, not of the inclusion coins, so
+        the bound stays valid) leaves what is specific to each canary: memorisation.
+        """
+        y = self.tensors[2].numpy()
+        out = np.asarray(gain, dtype=np.float64).copy()
+        for label in np.unique(y):
+            out[y == label] -= out[y == label].mean()
+        return out

@@ -108,7 +108,7 @@ class AuditRunner(FederatedRunner):
             return c.scores(start, self.state.global_vector), c.included
         e = self.example_canaries
         assert e is not None
-        return e.label_log_prob(self.parts.model) - self.initial_log_prob, e.included
+        return e.scores(e.label_log_prob(self.parts.model) - self.initial_log_prob), e.included
 
 
 def _accounted(summary: dict[str, Any], level: Level) -> dict[str, Any]:
@@ -148,7 +148,7 @@ def run_audit(
             "= projection of the final model's change on it"
             if lvl == "user"
             else "random-token, random-label examples in the clients' data; score = gain in "
-            "the log-probability of the canary's label"
+            "the log-probability of the canary's label minus the mean gain of its label"
         ),
         "delta": cfg.privacy.delta,
         **result.as_dict(),

@@ -24,6 +24,7 @@ import privacy
 
 from ..config import ExperimentConfig
 from ..errors import ConfigError
+from .budget import UserBudget, released_epsilon
 from .observers import AGGREGATOR, RELEASED, aggregator_protected, released_assumes
 
 log = logging.getLogger(__name__)
@@ -247,16 +248,19 @@ class UserLevelDP:
             self.participations[cid] = self.participations.get(cid, 0) + 1
 
     def epsilon(self, rounds: int) -> float:
-        p = self.cfg.privacy
-        rate = self.cfg.federation.sample_rate
-        if self.noise_multiplier == 0:
-            return float("inf")
-        if self.plan is not None:
-            return self.plan.epsilon(sample_rate=rate, rounds=rounds, delta=p.delta)
-        return privacy.user_level_epsilon(
-            noise_multiplier=self.noise_multiplier, sample_rate=rate, rounds=rounds,
-            delta=p.delta, accountant=p.sample.accountant,
-        )  # fmt: skip
+        """Epsilon against the released models after ``rounds`` (run-time accountant)."""
+        return released_epsilon(self.cfg, rounds, self.plan)
+
+    def budget(self, dim: int) -> UserBudget:
+        """The job's budget, planned for submitted vectors of length ``dim`` (warns at job
+        start when the planned rounds pass it)."""
+        plan = None
+        if self.mode == "distributed" and self.quantum is not None and self.noise_multiplier > 0:
+            plan = privacy.plan_skellam(
+                noise_multiplier=self.noise_multiplier, clip_norm=self.sensitivity,
+                quantum=self.quantum, dim=dim, clients=1, tolerated_dropouts=0,
+            )  # fmt: skip
+        return UserBudget(self.cfg, plan=plan, accounted=self.epsilon)
 
     def aggregator_view(self) -> tuple[bool, str]:
         """Whether the aggregate the aggregator reads is noised, and why."""
@@ -322,6 +326,7 @@ class UserLevelDP:
         )
         out["epsilon"] = self.epsilon(rounds)
         out["epsilon_observer"] = RELEASED
+        out["budget"] = self.cfg.privacy.user.budget
         out["observers"] = self.observers(rounds)
         out["denominator"] = {"expected_cohort": self.expected_cohort}
         out["adaptive_clipping"] = None

@@ -200,7 +200,15 @@ class FederatedRunner(LocalTraining, JobOutputs):
         """Run the remaining rounds and write the final outputs."""
         if not self.state.job_id:
             self.start()
+        user_budget = None
+        if self.user_dp is not None:
+            submitted = self.dim * self.strategy.update_blocks + self.user_dp.count_slots
+            user_budget = self.user_dp.budget(submitted)  # warns if the plan passes it
         for round_ in range(self.state.round + 1, self.cfg.federation.rounds + 1):
+            if user_budget is not None and not user_budget.allows(round_):
+                self.stopped_early = user_budget.stop_reason(round_)
+                log.warning("%s: ending the job early, results kept", self.stopped_early)
+                break
             if self.sample_dp is not None and self.sample_dp.exhausted():
                 log.warning(
                     "privacy budget exhausted for every client after round %d: ending the job "

@@ -61,3 +61,28 @@ def test_audit_refuses_too_few_canaries(tmp_path):
 
     with pytest.raises(ConfigError, match="canaries"):
         run_audit(tiny_job(federation=ONE_ROUND), tmp_path / "run", canaries=1)
+
+
+def test_sample_scores_cancel_a_shared_label_drift():
+    """Training shifts every random canary of one label the same way; the centred score
+    removes that shift, so guesses follow memorisation, not labels. It matters most where
+    the audit's power is weak and it guesses on every canary."""
+    import numpy as np
+
+    import privacy
+    from secfed.audit.canaries import ExampleCanaries
+
+    rng = np.random.default_rng(0)
+    canaries = ExampleCanaries.draw(400, vocab=50, specials=5, length=4, labels=2, rng=rng)
+    y, inc = canaries.tensors[2].numpy(), canaries.included
+    memorised = 1.0 * inc + rng.normal(0, 1.0, 400)  # weak: one standard deviation apart
+    gain = np.where(y == 1, 20.0, -20.0) + memorised
+    raw = privacy.audit_scores(gain, inc, delta=1e-5, guess_counts=[400])
+    centred = privacy.audit_scores(canaries.scores(gain), inc, delta=1e-5, guess_counts=[400])
+    # Raw: "included" means label 1, right about half the time (200 +- 10).
+    assert raw.correct <= 235
+    # Centred: Phi(0.5) = 69% right (276 +- 9).
+    assert centred.correct >= 250 and centred.epsilon_lower_bound > raw.epsilon_lower_bound
+    # Per label, the centred scores average zero: an independent restatement.
+    for label in (0, 1):
+        assert abs(canaries.scores(gain)[y == label].mean()) < 1e-9

@@ -72,12 +72,14 @@ def protocol_options(cfg: SweepConfig, name: str) -> tuple[dict[str, Any], bool]
     return opts, insecure
 
 
-def _neighbours(clients: int) -> int:
-    """Neighbour count for the Flower baseline: secfed's secagg+ graph if registered."""
+def _graph(clients: int) -> tuple[int, int]:
+    """Neighbours and threshold for the Flower baseline: secfed's secagg+ graph if registered."""
     if "secagg+" in crypto.protocol_names():
         proto: Any = crypto.create_protocol("secagg+")
-        return int(proto.graph_params(clients).neighbours)
-    return min(clients - 1, max(2, math.ceil(math.log2(clients))))
+        g = proto.graph_params(clients)
+        return int(g.neighbours), int(g.threshold)
+    k = min(clients - 1, max(2, math.ceil(math.log2(clients))))
+    return k, max(2, (k + 1) // 2 + 1)
 
 
 def run_baseline(name: str, params: int, clients: int) -> BenchRecord:
@@ -87,9 +89,8 @@ def run_baseline(name: str, params: int, clients: int) -> BenchRecord:
             return baselines.phe_naive(params=params, clients=clients)
         if name == "tenseal-bare":
             return baselines.tenseal_bare(params=params, clients=clients)
-        return baselines.flwr_secaggplus(
-            params=params, clients=clients, neighbours=_neighbours(clients)
-        )
+        k, t = _graph(clients)
+        return baselines.flwr_secaggplus(params=params, clients=clients, neighbours=k, threshold=t)
     except Exception as err:
         rec = BenchRecord(name, params, clients, 0, kind="baseline")
         rec.error = f"{type(err).__name__}: {err}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from numpy.typing import NDArray
@@ -59,11 +59,15 @@ class PlainClient(ClientSession):
             raise ProtocolError(f"client {self.client_id} already answered this round: replay")
         self._channel.open(message, stage=0, sender=wire.SERVER)
         self._answered = True
-        # weight || float32 update, written into one buffer (no intermediate copies)
-        payload = bytearray(_WEIGHT.size + 4 * self.vector.shape[0])
-        _WEIGHT.pack_into(payload, 0, self.weight)
-        np.frombuffer(payload, dtype="<f4", offset=_WEIGHT.size)[:] = self.vector
-        return self._channel.seal(0, wire.SERVER, payload)
+
+        # weight || float32 update, written straight into the frame (the only buffer)
+        def fill(payload: memoryview) -> None:
+            _WEIGHT.pack_into(payload, 0, self.weight)
+            np.frombuffer(payload, dtype="<f4", offset=_WEIGHT.size)[:] = self.vector
+
+        size = _WEIGHT.size + 4 * self.vector.shape[0]
+        # a bytearray, which every consumer reads through the buffer protocol like bytes
+        return cast(bytes, self._channel.seal_in_place(0, wire.SERVER, size, fill))
 
 
 class PlainServer(ServerSession):

@@ -28,9 +28,10 @@ import hmac
 import logging
 import secrets
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import AuthenticationError, DropoutError, ProtocolError
@@ -133,27 +134,66 @@ class Channel:
 
     def seal(self, stage: int, recipient: int, payload: bytes | bytearray) -> bytes:
         """Frame and authenticate ``payload`` for ``recipient``."""
+        head, mode = self._head(stage, recipient, len(payload))
+        # One join per frame: the payload (megabytes for a masked vector) is copied once.
+        if mode is None:
+            return b"".join((head, payload))
+        if isinstance(mode, bytes):  # the pair key: MAC
+            return b"".join((head, payload, _mac(mode, head, payload)))
+        key = ka.public_bytes(mode)
+        assert self.keyring is not None
+        signature = self.keyring.sign(self.me, _signed_data(head, key, payload))
+        return b"".join((head, key, payload, signature))
+
+    def seal_in_place(
+        self, stage: int, recipient: int, size: int, fill: Callable[[memoryview], None]
+    ) -> bytearray:
+        """:meth:`seal` for a ``size``-byte payload that ``fill`` writes straight into the frame.
+
+        The frame is the only buffer: a large update is never held twice.
+        """
+        head, mode = self._head(stage, recipient, size)
+        signed = mode is not None and not isinstance(mode, bytes)
+        key = ka.public_bytes(mode) if signed else b""  # type: ignore[arg-type]
+        auth = identity.SIGNATURE_BYTES if signed else wire.MAC_BYTES if mode is not None else 0
+        start = len(head) + len(key)
+        frame = bytearray(start + size + auth)
+        frame[: len(head)] = head
+        frame[len(head) : start] = key
+        with memoryview(frame) as view:
+            payload = view[start : start + size]
+            fill(payload)
+            if isinstance(mode, bytes):
+                frame[start + size :] = _mac(mode, head, payload)
+            elif mode is not None:
+                assert self.keyring is not None
+                frame[start + size :] = self.keyring.sign(self.me, _signed_data(head, key, payload))
+            payload.release()
+        return frame
+
+    def _head(
+        self, stage: int, recipient: int, size: int
+    ) -> tuple[bytes, bytes | X25519PrivateKey | None]:
+        """The header of a frame and how it is authenticated: None (no roster), the pair key
+        (MAC) or this attempt's ephemeral key (signed, carrying the public key)."""
         if self.nonce is None:
             raise ProtocolError("a client cannot send before the server opened the round")
         if self.keyring is None or self._eph is None:
             head = wire.header(
                 protocol=self.tag, session_id=self.session_id, nonce=self.nonce, stage=stage,
-                sender=self.me, recipient=recipient, length=len(payload), signed=False,
+                sender=self.me, recipient=recipient, length=size, signed=False,
             )  # fmt: skip
-            return b"".join((head, payload))
+            return head, None
         pair = self._pair_key(recipient)
         head = wire.header(
             protocol=self.tag, session_id=self.session_id, nonce=self.nonce, stage=stage,
-            sender=self.me, recipient=recipient, length=len(payload), signed=pair is None,
+            sender=self.me, recipient=recipient, length=size, signed=pair is None,
             keyed=pair is None, maced=pair is not None,
         )  # fmt: skip
-        # One join per frame: the payload (megabytes for a masked vector) is copied once.
         if pair is not None:
-            return b"".join((head, payload, _mac(pair, head, payload)))  # one copy of payload
-        key = ka.public_bytes(self._eph)
+            return head, pair
         self._sent_key.add(recipient)
-        signature = self.keyring.sign(self.me, _signed_data(head, key, payload))
-        return b"".join((head, key, payload, signature))
+        return head, self._eph
 
     def open(
         self, message: bytes, *, stage: int, sender: int, recipient: int | None = None

@@ -118,3 +118,35 @@ def test_one_by_one_gives_the_weighted_sum_and_refuses_double_counting(name):
     want = sum(0.5 * vecs[c].astype(np.float64) for c in agg.contributors)
     assert np.max(np.abs(agg.weighted_sum - want)) <= agg.error_bound
     assert agg.total_weight == pytest.approx(0.5 * (n - 1))
+
+
+def test_plain_client_frames_its_update_in_one_buffer():
+    """The plain client writes weight || update straight into the authenticated frame: while
+    it answers it allocates about one payload (not the payload and then a framed copy)."""
+    dim = 1_000_000
+    proto = create_protocol("plain")
+    proto.use_identities(keyring())
+    vec = np.random.default_rng(3).uniform(-1, 1, dim).astype(np.float32)
+    spec = RoundSpec("frame", 1, (0, 1), dim)
+    server = proto.server_session(spec)
+    client = proto.client_session(spec, 0, vec, 0.25)
+    requests = server.start()
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        base, _ = tracemalloc.get_traced_memory()
+        reply = client.handle(requests[0])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply is not None and len(reply) > 4 * dim
+    assert peak - base < 1.2 * len(reply)  # two buffers would be >= 2 * len(reply)
+    # ... and the frame is a valid authenticated message carrying exactly that update
+    other = np.linspace(-1, 1, dim, dtype=np.float32)
+    server.receive(0, reply)
+    server.receive(1, proto.client_session(spec, 1, other, 0.5).handle(requests[1]))
+    assert server.close_stage().final
+    agg = server.aggregate()
+    assert agg is not None and agg.contributors == (0, 1)
+    want = 0.25 * vec.astype(np.float64) + 0.5 * other.astype(np.float64)
+    assert np.max(np.abs(agg.weighted_sum - want)) <= 1e-12

@@ -69,10 +69,11 @@ class AuditRunner(FederatedRunner):
         self.parts.encoded = torch.utils.data.TensorDataset(
             *(torch.cat([t, c[keep]]) for t, c in pairs)
         )
-        n = self.cfg.federation.clients
+        # Every included canary goes to client 0 (see the module docstring: FedAvg of
+        # clients' diverging adapters erases what each memorised alone).
         new = np.arange(base, base + len(keep))
         self.parts.shards = [
-            dataclasses.replace(s, train=np.concatenate([s.train, new[i::n]]))
+            dataclasses.replace(s, train=np.concatenate([s.train, new])) if i == 0 else s
             for i, s in enumerate(self.parts.shards)
         ]
 

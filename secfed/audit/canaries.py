@@ -58,10 +58,12 @@ def _distinct_tokens(m: int, low: int, high: int, rng: np.random.Generator) -> N
 @dataclass
 class ExampleCanaries:
     """Random-label canary examples for sample-level DP: uniformly random token sequences
-    (no special tokens) with uniformly random labels; included ones are spread over the
-    clients' training data. Score (:meth:`scores`): the gain in log-probability of the
-    canary's label from the initial to the final model, minus the mean gain of all canaries
-    with the same label."""
+    (no special tokens) with uniformly random labels, the first token (the one a BERT
+    classifier pools) spread evenly over the vocabulary so that canaries share as little as
+    possible and memorising one says little about another. Score (:meth:`scores`): the gain
+    in log-probability of the canary's label from the initial to the final model, minus the
+    mean gain of all canaries with the same label; it depends on the models and the public
+    canaries only, never on the inclusion coins."""
 
     tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     included: NDArray[np.bool_]

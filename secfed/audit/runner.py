@@ -1,4 +1,12 @@
-"""The audit run: a :class:`FederatedRunner` with canaries, then the membership guesses."""
+"""The audit run: a :class:`FederatedRunner` with canaries, then the membership guesses.
+
+Sample-level canaries all go to client 0. Spread over several clients, each client memorised
+its share locally (98% of included canaries right in a one-client run) but FedAvg of the
+clients' diverging LoRA factors erased it (58% right on included and excluded canaries alike,
+3 clients x 30 local epochs); concentrated, the average keeps it. The bound stays valid:
+every canary is one example in one client's DP-SGD, whose (epsilon, delta) covers it in the
+released model by post-processing, and the reported epsilon is the largest over clients.
+"""
 
 from __future__ import annotations
 
@@ -148,8 +156,9 @@ def run_audit(
             "canary clients submitting a random unit direction scaled to the clip norm; score "
             "= projection of the final model's change on it"
             if lvl == "user"
-            else "random-token, random-label examples in the clients' data; score = gain in "
-            "the log-probability of the canary's label minus the mean gain of its label"
+            else "random-token, random-label examples (distinct first tokens) in client 0's "
+            "data; score = gain in the log-probability of the canary's label minus the mean "
+            "gain of its label"
         ),
         "delta": cfg.privacy.delta,
         **result.as_dict(),

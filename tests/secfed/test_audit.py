@@ -64,6 +64,16 @@ def test_sample_level_audit_has_power_without_dp(tmp_path):
     assert out["correct"] >= 0.85 * out["guesses"] > 0
 
 
+def test_the_memorising_job_under_dp_stays_below_its_accounted_epsilon(tmp_path):
+    """The job that gives the power above, with DP-SGD on: the bound drops below the
+    accounted epsilon."""
+    cfg = tiny_job(federation=MEMORISES, privacy=SAMPLE_DP)
+    out = run_audit(cfg, tmp_path / "run", canaries=1000, level="sample")
+    accounted = out["accounted_epsilon"]["every_observer"]
+    assert math.isfinite(accounted)
+    assert out["epsilon_lower_bound"] <= accounted and out["consistent"]
+
+
 @pytest.mark.slow
 def test_sample_level_audit_stays_below_the_accounted_epsilon(tmp_path):
     cfg = tiny_job(federation={"clients": 3, "rounds": 2, "local_epochs": 3}, privacy=SAMPLE_DP)

@@ -126,7 +126,12 @@ def _accounted(summary: dict[str, Any], level: Level) -> dict[str, Any]:
         obs = p["user_level"]["observers"]
         return {k: v["epsilon"] for k, v in obs.items()}
     if level == "sample" and "sample_level" in p:
-        return {"every_observer": p["sample_level"]["max_epsilon"]}
+        sample = p["sample_level"]
+        out = {"every_observer": sample["max_epsilon"]}
+        holder = sample.get("clients", {}).get("0")
+        if holder is not None:  # the canaries' holder: the epsilon that covers them
+            out["every_observer, client 0 (holds the canaries)"] = holder["epsilon"]
+        return out
     return {}
 
 

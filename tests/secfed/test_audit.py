@@ -69,9 +69,11 @@ def test_the_memorising_job_under_dp_stays_below_its_accounted_epsilon(tmp_path)
     accounted epsilon."""
     cfg = tiny_job(federation=MEMORISES, privacy=SAMPLE_DP)
     out = run_audit(cfg, tmp_path / "run", canaries=1000, level="sample")
-    accounted = out["accounted_epsilon"]["every_observer"]
-    assert math.isfinite(accounted)
-    assert out["epsilon_lower_bound"] <= accounted and out["consistent"]
+    accounted = out["accounted_epsilon"]
+    holder = accounted["every_observer, client 0 (holds the canaries)"]
+    # Client 0 holds ~500 extra examples: its sampling rate, and epsilon, are the lowest.
+    assert math.isfinite(holder) and holder < accounted["every_observer"]
+    assert out["epsilon_lower_bound"] <= holder and out["consistent"]
 
 
 @pytest.mark.slow

@@ -47,13 +47,23 @@ class UpdateCanaries:
         return np.asarray(self.directions @ (end - start)[: self.directions.shape[1]])
 
 
+def _distinct_tokens(m: int, low: int, high: int, rng: np.random.Generator) -> NDArray[np.int64]:
+    """``m`` tokens from ``[low, high)``, each used as rarely as possible (all distinct when
+    ``m <= high - low``): a random permutation, repeated."""
+    pool = high - low
+    rounds = [rng.permutation(pool) for _ in range(-(-m // pool))]
+    return np.asarray(np.concatenate(rounds)[:m] + low, dtype=np.int64)
+
+
 @dataclass
 class ExampleCanaries:
     """Random-label canary examples for sample-level DP: uniformly random token sequences
-    (no special tokens) with uniformly random labels; included ones are spread over the
-    clients' training data. Score (:meth:`scores`): the gain in log-probability of the
-    canary's label from the initial to the final model, minus the mean gain of all canaries
-    with the same label."""
+    (no special tokens) with uniformly random labels, the first token (the one a BERT
+    classifier pools) spread evenly over the vocabulary so that canaries share as little as
+    possible and memorising one says little about another. Score (:meth:`scores`): the gain
+    in log-probability of the canary's label from the initial to the final model, minus the
+    mean gain of all canaries with the same label; it depends on the models and the public
+    canaries only, never on the inclusion coins."""
 
     tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     included: NDArray[np.bool_]
@@ -70,6 +80,7 @@ class ExampleCanaries:
         rng: np.random.Generator,
     ) -> ExampleCanaries:
         ids = torch.as_tensor(rng.integers(specials, vocab, size=(m, length)), dtype=torch.long)
+        ids[:, 0] = torch.as_tensor(_distinct_tokens(m, specials, vocab, rng))
         mask = torch.ones((m, length), dtype=torch.long)
         y = torch.as_tensor(rng.integers(0, labels, size=m), dtype=torch.long)
         return cls((ids, mask, y), coin_flips(m, rng))

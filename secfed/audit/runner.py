@@ -1,4 +1,12 @@
-"""The audit run: a :class:`FederatedRunner` with canaries, then the membership guesses."""
+"""The audit run: a :class:`FederatedRunner` with canaries, then the membership guesses.
+
+Sample-level canaries all go to client 0. Spread over several clients, each client memorised
+its share locally (98% of included canaries right in a one-client run) but FedAvg of the
+clients' diverging LoRA factors erased it (58% right on included and excluded canaries alike,
+3 clients x 30 local epochs); concentrated, the average keeps it. The bound stays valid:
+every canary is one example in one client's DP-SGD, whose (epsilon, delta) covers it in the
+released model by post-processing, and the reported epsilon is the largest over clients.
+"""
 
 from __future__ import annotations
 
@@ -69,10 +77,11 @@ class AuditRunner(FederatedRunner):
         self.parts.encoded = torch.utils.data.TensorDataset(
             *(torch.cat([t, c[keep]]) for t, c in pairs)
         )
-        n = self.cfg.federation.clients
+        # Every included canary goes to client 0 (see the module docstring: FedAvg of
+        # clients' diverging adapters erases what each memorised alone).
         new = np.arange(base, base + len(keep))
         self.parts.shards = [
-            dataclasses.replace(s, train=np.concatenate([s.train, new[i::n]]))
+            dataclasses.replace(s, train=np.concatenate([s.train, new])) if i == 0 else s
             for i, s in enumerate(self.parts.shards)
         ]
 
@@ -117,7 +126,12 @@ def _accounted(summary: dict[str, Any], level: Level) -> dict[str, Any]:
         obs = p["user_level"]["observers"]
         return {k: v["epsilon"] for k, v in obs.items()}
     if level == "sample" and "sample_level" in p:
-        return {"every_observer": p["sample_level"]["max_epsilon"]}
+        sample = p["sample_level"]
+        out = {"every_observer": sample["max_epsilon"]}
+        holder = sample.get("clients", {}).get("0")
+        if holder is not None:  # the canaries' holder: the epsilon that covers them
+            out["every_observer, client 0 (holds the canaries)"] = holder["epsilon"]
+        return out
     return {}
 
 
@@ -147,8 +161,9 @@ def run_audit(
             "canary clients submitting a random unit direction scaled to the clip norm; score "
             "= projection of the final model's change on it"
             if lvl == "user"
-            else "random-token, random-label examples in the clients' data; score = gain in "
-            "the log-probability of the canary's label minus the mean gain of its label"
+            else "random-token, random-label examples (distinct first tokens) in client 0's "
+            "data; score = gain in the log-probability of the canary's label minus the mean "
+            "gain of its label"
         ),
         "delta": cfg.privacy.delta,
         **result.as_dict(),

@@ -48,6 +48,34 @@ def test_audit_cli_prints_the_bound_beside_the_accounted_epsilon(tmp_path):
     assert "accounted epsilon, aggregator: inf" in res.output  # plain: no guarantee
 
 
+# A job that memorises: many local steps, and few enough clients that FedAvg keeps what the
+# canaries' holder learned (see secfed/audit/runner.py).
+MEMORISES = {"clients": 2, "rounds": 5, "local_epochs": 10, "lr": 1e-2}
+
+
+def test_sample_level_audit_has_power_without_dp(tmp_path):
+    """Random-label canary examples, memorised without DP, give a lower bound well above 1
+    (measured 1.43-1.71 over five runs, 88-90% of 200-400 guesses right)."""
+    cfg = tiny_job(federation=MEMORISES)
+    out = run_audit(cfg, tmp_path / "run", canaries=1000, level="sample")
+    assert out["accounted_epsilon"] == {}
+    assert out["epsilon_lower_bound"] > 1.25, out
+    # Independent restatement: the guesses behind the bound beat chance by far.
+    assert out["correct"] >= 0.85 * out["guesses"] > 0
+
+
+def test_the_memorising_job_under_dp_stays_below_its_accounted_epsilon(tmp_path):
+    """The job that gives the power above, with DP-SGD on: the bound drops below the
+    accounted epsilon."""
+    cfg = tiny_job(federation=MEMORISES, privacy=SAMPLE_DP)
+    out = run_audit(cfg, tmp_path / "run", canaries=1000, level="sample")
+    accounted = out["accounted_epsilon"]
+    holder = accounted["every_observer, client 0 (holds the canaries)"]
+    # Client 0 holds ~500 extra examples: its sampling rate, and epsilon, are the lowest.
+    assert math.isfinite(holder) and holder < accounted["every_observer"]
+    assert out["epsilon_lower_bound"] <= holder and out["consistent"]
+
+
 @pytest.mark.slow
 def test_sample_level_audit_stays_below_the_accounted_epsilon(tmp_path):
     cfg = tiny_job(federation={"clients": 3, "rounds": 2, "local_epochs": 3}, privacy=SAMPLE_DP)
@@ -86,3 +114,36 @@ def test_sample_scores_cancel_a_shared_label_drift():
     # Per label, the centred scores average zero: an independent restatement.
     for label in (0, 1):
         assert abs(canaries.scores(gain)[y == label].mean()) < 1e-9
+
+
+def test_canary_first_tokens_are_spread_evenly():
+    import numpy as np
+
+    from secfed.audit.canaries import ExampleCanaries
+
+    rng = np.random.default_rng(1)
+    few = ExampleCanaries.draw(40, vocab=50, specials=5, length=4, labels=2, rng=rng)
+    first = few.tensors[0][:, 0].numpy()
+    assert len(set(first.tolist())) == 40 and first.min() >= 5 and first.max() < 50
+    many = ExampleCanaries.draw(100, vocab=50, specials=5, length=4, labels=2, rng=rng)
+    counts = np.bincount(many.tensors[0][:, 0].numpy(), minlength=50)[5:]
+    assert counts.sum() == 100 and counts.max() - counts.min() <= 1  # 45 tokens, 2-3 uses each
+
+
+def test_included_sample_canaries_all_go_to_client_0(tmp_path):
+    import numpy as np
+
+    from secfed.audit.runner import AuditRunner
+
+    cfg = tiny_job(federation={"clients": 3, "rounds": 1})
+    plain = AuditRunner(cfg, tmp_path / "plain", canaries=2, level="user")
+    runner = AuditRunner(cfg, tmp_path / "run", canaries=60, level="sample")
+    base = len(plain.parts.encoded)
+    assert runner.example_canaries is not None
+    added = int(runner.example_canaries.included.sum())
+    assert len(runner.parts.encoded) == base + added
+    shards = runner.parts.shards
+    assert np.array_equal(np.sort(shards[0].train[shards[0].train >= base]),
+                          np.arange(base, base + added))  # fmt: skip
+    for before, after in zip(plain.parts.shards[1:], shards[1:], strict=True):
+        assert np.array_equal(before.train, after.train)

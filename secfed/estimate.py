@@ -34,14 +34,7 @@ def rounds_that_fit(
             delta=delta, accountant=accountant,
         )  # fmt: skip
 
-    lo, hi = 0, rounds
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if eps(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return rounds_within(budget, rounds, eps)
 
 
 def _sample(cfg: ExperimentConfig) -> dict[str, Any]:

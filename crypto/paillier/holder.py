@@ -34,7 +34,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import gmpy2
@@ -297,13 +297,19 @@ def _ranges(blob: bytes, width: int, workers: int) -> list[tuple[int, bytes]]:
     return out
 
 
+def _blocks(data: bytes, width: int) -> Iterator[tuple[int, bytes, int]]:
+    """``data`` (values of ``width`` bytes) in blocks of ``_BLOCK`` values: (first value's
+    offset, the block, its value count)."""
+    for off in range(0, len(data) // width, _BLOCK):
+        block = data[off * width : (off + _BLOCK) * width]
+        yield off, block, len(block) // width
+
+
 def _encrypt_task(task: tuple[int, int, bytes, int, int, bytes, int, bytes, int]) -> bytes:
     p, q, plain, width_in, width_out, sid, sender, nonce, start = task
     key = holder_key(p, q)
     out = []
-    for off in range(0, len(plain) // width_in, _BLOCK):
-        block = plain[off * width_in : (off + _BLOCK) * width_in]
-        count = len(block) // width_in
+    for off, block, count in _blocks(plain, width_in):
         exps = exponent_stream(
             key, session_id=sid, sender=sender, nonce=nonce, start=start + off, count=count
         )
@@ -319,9 +325,7 @@ def _decrypt_task(
     p, q, cipher, width_in, width_out, sid, senders, nonces, start = task
     key = holder_key(p, q)
     out = []
-    for off in range(0, len(cipher) // width_in, _BLOCK):
-        block = cipher[off * width_in : (off + _BLOCK) * width_in]
-        count = len(block) // width_in
+    for off, block, count in _blocks(cipher, width_in):
         streams = [
             exponent_stream(key, session_id=sid, sender=s, nonce=nc, start=start + off, count=count)
             for s, nc in zip(senders, nonces, strict=True)

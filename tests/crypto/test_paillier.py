@@ -332,27 +332,17 @@ def test_holder_decrypts_products_and_refuses_mismatched_contributors(key2048):
     product = pm.ciphertext_product(parts, n=n, width=512)
     holder._CTX.clear()  # another key holder derives everything afresh from p and q
     kwargs = {"p": key2048.p, "q": key2048.q, "plain_width": 256}
-    out = holder.decrypt_product(
-        product,
-        session_id=sid,
-        senders=[0, 1, 2],
-        nonces=[m[:16] for m in msgs],
-        workers=1,
-        **kwargs,
-    )
+    nonces = [m[:16] for m in msgs]
+    out, two = (
+        holder.decrypt_product(product, session_id=sid, senders=[0, 1, 2], nonces=nonces,
+                               workers=workers, **kwargs)
+        for workers in (1, 2)
+    )  # fmt: skip
     _, phe_priv = _phe_keys(key2048)
     for j in range(4):
         want = sum(int.from_bytes(p[255 * j : 255 * (j + 1)], "big") for p in plains)
         assert int.from_bytes(out[256 * j : 256 * (j + 1)], "big") == want
         assert phe_priv.raw_decrypt(int.from_bytes(product[512 * j : 512 * (j + 1)], "big")) == want
-    two = holder.decrypt_product(
-        product,
-        session_id=sid,
-        senders=[0, 1, 2],
-        nonces=[m[:16] for m in msgs],
-        workers=2,
-        **kwargs,
-    )
     assert two == out
     bad = [
         ([0, 1], [m[:16] for m in msgs[:2]], sid),  # a contribution not listed

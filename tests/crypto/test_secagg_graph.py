@@ -15,7 +15,7 @@ from crypto import (
 from crypto.core import wire
 from crypto.secagg import messages as msg
 from crypto.secagg.graph import neighbours_of, neighbours_of_one, sparse_params
-from tests.crypto.test_secagg import SPARSE, _inputs, _proto, _to_stage
+from tests.crypto.secagg_helpers import SPARSE, inputs, secagg_proto, to_stage
 
 
 # -- options and graph -----------------------------------------------------------------
@@ -32,19 +32,19 @@ from tests.crypto.test_secagg import SPARSE, _inputs, _proto, _to_stage
 )
 def test_bad_options_raise(name, opts, match):
     with pytest.raises(ParameterError, match=match):
-        proto = _proto(name, **opts)
+        proto = secagg_proto(name, **opts)
         proto.max_dropouts(50)
 
 
 def test_insecure_threshold_override_is_refused():
     with pytest.raises(ParameterError, match="corrupt"):
-        _proto("secagg", threshold=2, max_corrupt_fraction=0.4).max_dropouts(10)
+        secagg_proto("secagg", threshold=2, max_corrupt_fraction=0.4).max_dropouts(10)
     with pytest.raises(ParameterError, match="secure"):
-        _proto("secagg+", neighbours=4, threshold=3).max_dropouts(100)
+        secagg_proto("secagg+", neighbours=4, threshold=3).max_dropouts(100)
 
 
 def test_complete_graph_threshold_rule():
-    proto = _proto("secagg")  # max_dropout_fraction 0.3
+    proto = secagg_proto("secagg")  # max_dropout_fraction 0.3
     assert [proto.max_dropouts(n) for n in (1, 2, 5, 10, 100)] == [0, 0, 1, 3, 30]
     assert proto.graph_params(10).threshold == 7
 
@@ -83,17 +83,17 @@ def test_graph_depends_on_the_published_randomness():
 
 
 def test_sparse_round_touches_only_neighbours():
-    proto = _proto("secagg+", **SPARSE)
+    proto = secagg_proto("secagg+", **SPARSE)
     n = 12
     spec = RoundSpec("t", 1, tuple(range(n)), 5)
-    vecs, weights = _inputs(n, 5)
-    _, _, messages = _to_stage(proto, spec, vecs, weights, 1)
+    vecs, weights = inputs(n, 5)
+    _, _, messages = to_stage(proto, spec, vecs, weights, 1)
     for m in messages.values():
         assert len(msg.decode_relayed(wire.split(m)[2])) == 4
 
 
 def test_threat_model_names_the_collusion_threshold():
     for name in ("secagg", "secagg+"):
-        tm = _proto(name).threat_model()
+        tm = secagg_proto(name).threat_model()
         assert "t or more" in tm.breaks_if
-    assert math.isclose(_proto("secagg", scale_bits=10).quantum, 2**-10)
+    assert math.isclose(secagg_proto("secagg", scale_bits=10).quantum, 2**-10)

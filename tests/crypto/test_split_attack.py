@@ -23,7 +23,7 @@ from crypto.secagg import messages as msg
 from crypto.secagg.client import endorsement_tag, survivor_statement
 from crypto.secagg.graph import GraphParams
 from tests.crypto.adversary import keyring
-from tests.crypto.test_secagg import _body
+from tests.crypto.secagg_helpers import payload_of
 
 
 def _protocol(name: str, **opts) -> PairwiseMaskingProtocol:
@@ -67,7 +67,7 @@ def split_attack(proto: PairwiseMaskingProtocol, n: int, *, victim: int = 0) -> 
         view = "without" if c in told_dropped else "with"
         listing = without if view == "without" else everyone
         reply = clients[c].handle(server._channel.seal(3, c, msg.encode_ids(listing)))
-        sigs[view][c], tags[view][c] = msg.decode_endorsement(_body(reply))
+        sigs[view][c], tags[view][c] = msg.decode_endorsement(payload_of(reply))
         if c in corrupt:  # a colluder signs the other view too
             statement = survivor_statement(clients[c]._sid, without)
             sigs["without"][c] = clients[c]._channel.sign(statement)
@@ -86,7 +86,7 @@ def split_attack(proto: PairwiseMaskingProtocol, n: int, *, victim: int = 0) -> 
             reply = clients[c].handle(server._channel.seal(4, c, request))
         except ProtocolError:
             continue  # refused: not enough of the victim's holders signed this view
-        for peer, (kind, _) in msg.decode_reveal(_body(reply)).items():
+        for peer, (kind, _) in msg.decode_reveal(payload_of(reply)).items():
             if peer == victim:
                 got["b" if kind == msg.B_SHARE else "sk"] += 1
     return {**got, "t": t}

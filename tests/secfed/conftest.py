@@ -8,6 +8,15 @@ import pytest
 
 from secfed.config import ExperimentConfig, parse_config
 
+#: Every protocol other than plain, with the options that keep a test fast (a 512-bit
+#: Paillier key, explicitly insecure, and one worker), for "matches plain" tests.
+SECURE_PROTOCOL_CASES = [
+    ("secagg", {}),
+    ("secagg+", {}),
+    ("ckks", {}),
+    ("paillier", {"insecure_key_bits": 512, "workers": 1}),
+]
+
 
 def tiny_job(**sections: Any) -> ExperimentConfig:
     base: dict[str, Any] = {

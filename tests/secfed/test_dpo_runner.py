@@ -12,19 +12,11 @@ from secfed.config import STRATEGIES
 from secfed.errors import ConfigError
 from secfed.runner import FederatedRunner
 
-from .conftest import tiny_job
+from .conftest import SECURE_PROTOCOL_CASES, tiny_job
 from .test_dpo import dpo_job
 
 
-@pytest.mark.parametrize(
-    ("protocol", "options"),
-    [
-        ("secagg", {}),
-        ("secagg+", {}),
-        ("ckks", {}),
-        ("paillier", {"insecure_key_bits": 512, "workers": 1}),
-    ],
-)
+@pytest.mark.parametrize(("protocol", "options"), SECURE_PROTOCOL_CASES)
 def test_a_dpo_round_through_every_protocol_matches_plain(tmp_path, protocol, options):
     plain = FederatedRunner(dpo_job(), tmp_path / "plain")
     plain.run()

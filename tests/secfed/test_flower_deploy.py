@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from secfed.checkpoint import load_checkpoint
+from secfed.flower.procs import pid_alive
 from secfed.rundir import RunDir
 from secfed.runner import FederatedRunner
 from tests.secfed.conftest import tiny_job
@@ -106,7 +107,7 @@ def test_superlink_with_three_supernodes_matches_in_process(tmp_path, isolation,
     finally:
         dep.stop()
     assert all(p.poll() is not None for _, p in dep.procs)
-    assert not any(_alive(pid) for pid in pids)
+    assert not any(pid_alive(pid) for pid in pids)
     assert "ignored SIGTERM" not in caplog.text  # every process ends when asked
     out = RunDir(tmp_path / "out")
     assert [r["dropped"] for r in out.read_metrics()] == [[], []], out.read_metrics()
@@ -115,14 +116,6 @@ def test_superlink_with_three_supernodes_matches_in_process(tmp_path, isolation,
     assert np.array_equal(load_checkpoint(latest).global_vector, ref.state.global_vector)
     assert summary["rounds"] == 2
     assert summary["privacy"]["epsilon"] == ref.privacy_summary()["epsilon"]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
 
 
 # -- three organisations on a real SuperLink -----------------------------------------------
@@ -255,7 +248,7 @@ def test_a_supernode_process_killed_mid_run_is_a_dropout(tmp_path):
         stopper_done.set()
         dep.stop()
     rows = RunDir(out).read_metrics()
-    assert killed and not _alive(killed[0])
+    assert killed and not pid_alive(killed[0])
     assert [r["contributors"] for r in rows] == [[0, 1, 2, 3], [0, 1, 3], [0, 1, 3]], rows
     assert [r["dropped"] for r in rows] == [[], [2], [2]]
     assert summary["rounds"] == 3 and "supernode-2" in dep.lost

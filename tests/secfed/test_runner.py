@@ -11,7 +11,7 @@ from peft import PeftModel
 import models
 from secfed.errors import ConfigError, ResumeError
 from secfed.runner import FederatedRunner
-from tests.secfed.conftest import tiny_job
+from tests.secfed.conftest import SECURE_PROTOCOL_CASES, tiny_job
 
 
 def test_run_writes_the_stable_outputs(tmp_path, tiny_config):
@@ -97,15 +97,7 @@ def test_sampling_is_seeded_and_respects_rate(tmp_path):
     assert 3.0 < mean < 7.0
 
 
-@pytest.mark.parametrize(
-    ("protocol", "options"),
-    [
-        ("secagg", {}),
-        ("secagg+", {}),
-        ("ckks", {}),
-        ("paillier", {"insecure_key_bits": 512, "workers": 1}),
-    ],
-)
+@pytest.mark.parametrize(("protocol", "options"), SECURE_PROTOCOL_CASES)
 def test_every_protocol_gives_the_plain_round_within_its_bound(tmp_path, protocol, options):
     base = {"federation": {"clients": 3, "rounds": 1}}
     plain = FederatedRunner(tiny_job(**base), tmp_path / "plain")

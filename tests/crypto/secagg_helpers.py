@@ -1,0 +1,91 @@
+"""Shared set-up of the secagg / secagg+ tests: options, protocols, inputs, partial rounds."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from crypto import RoundSpec, create_protocol, run_round
+from crypto.core import fixedpoint, wire
+from crypto.core.channel import Channel
+from crypto.secagg import PairwiseMaskingProtocol
+from tests.crypto.adversary import keyring
+
+# Inputs reach 1.2 > clip: these tests clip on purpose (the conformance classes refuse).
+OPTS = {"max_weight": 64.0, "out_of_range": "clip"}
+REFUSE = {"out_of_range": "refuse"}
+
+
+def secagg_proto(name: str, **opts) -> PairwiseMaskingProtocol:
+    proto = create_protocol(name, **opts)
+    assert isinstance(proto, PairwiseMaskingProtocol)
+    proto.use_identities(keyring())
+    return proto
+
+
+SPARSE = {
+    "neighbours": 4,
+    "threshold": 3,
+    "max_corrupt_fraction": 0.0,
+    "max_weight": 64.0,
+    "out_of_range": "clip",
+}
+
+
+def inputs(n, dim, seed=0, weight_max=50):
+    rng = np.random.default_rng(seed)
+    vecs = {c: rng.uniform(-1.2, 1.2, dim).astype(np.float32) for c in range(n)}
+    weights = {c: float(rng.integers(1, weight_max)) for c in range(n)}
+    return vecs, weights
+
+
+def exact(proto, vecs, weights, ids):
+    """The sum the integer arithmetic must reproduce bit for bit."""
+    c = proto.config
+    ints = np.sum(
+        [
+            fixedpoint.encode(
+                vecs[i].astype(np.float64) * weights[i], scale=c.scale, clip=c.clip * weights[i]
+            )
+            for i in ids
+        ],
+        axis=0,
+    )
+    return fixedpoint.decode(ints, scale=c.scale)
+
+
+def run_case(name, opts, n, drop, dim=23, seed=0, weight_max=50):
+    proto = secagg_proto(name, **opts)
+    spec = RoundSpec("t", 1, tuple(range(n)), dim)
+    vecs, weights = inputs(n, dim, seed, weight_max)
+    server = proto.server_session(spec)
+    clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
+    out = run_round(server, clients, drop_at=drop)
+    return proto, out, vecs, weights
+
+
+def to_stage(proto, spec, vecs, weights, stage):
+    """Run a full cohort up to the server message of ``stage``; returns its pieces."""
+    server = proto.server_session(spec)
+    clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
+    messages = server.start()
+    CHANNELS[server._channel.nonce] = {wire.SERVER: server._channel} | {
+        c: s._channel for c, s in clients.items()
+    }
+    for _ in range(stage):
+        replies = {c: clients[c].handle(m) for c, m in messages.items()}
+        messages = server.advance(replies).messages
+    return server, clients, messages
+
+
+CHANNELS: dict[bytes, dict[int, Channel]] = {}  # attempt nonce -> party -> its channel
+
+
+def reframe(message, payload):
+    """``message`` with another payload, authenticated by its sender's own channel (a
+    malicious server or client: it holds its signing and pair keys)."""
+    head = wire.peek(message)
+    return CHANNELS[head.nonce][head.sender].seal(head.stage, head.recipient, payload)
+
+
+def payload_of(message):
+    return wire.split(message)[2]

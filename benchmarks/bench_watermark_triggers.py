@@ -20,16 +20,28 @@ model learns a rule rather than a list; verified by majority vote over 4 fixed t
 per token, which keeps an exact binomial null over the tokens). ``lookahead`` = the
 scheme's sequences, each trigger gradient taken at the weights ``--lookahead`` sign-steps of lr 5e-3
 along the task gradient would reach (first-order meta-learning against fine-tuning).
-``none`` = no triggers.
+``noisy`` = the scheme's sequences, each trigger gradient taken at the weights plus
+Gaussian noise of ``--noise`` x each LoRA tensor's RMS (training for a flat optimum).
+``headonly`` = the scheme's sequences, trigger gradient applied to the classifier head
+only. ``none`` = no triggers.
+
+Design-space knobs (the scheme itself is fixed; these only explore it): ``--epochs``
+(how long the owner embeds: the proxy's 3 pooled epochs are about the example's
+5 rounds x 2 local epochs of steps; 30 pooled epochs about 60 such rounds),
+``--trigger-length`` (tokens per trigger, the [CLS] prefix included; the scheme uses
+16), ``--key-seeds`` (several fixed keys, to see the spread). Each row also gives
+``bits`` = -log2 of the exact binomial p-value of the hits (64 = the 2^-64 level).
 
 Usage: ``python benchmarks/bench_watermark_triggers.py [--settings ...] [--json F]``.
-The key is fixed (seed below, not secret) so that settings are comparable.
+Keys are fixed (seeds below, not secret) so that settings are comparable.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -47,11 +59,11 @@ from secfed.watermark.triggers import TriggerRehearsal
 from secfed.watermark.verify import live_params, trigger_domain
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "watermark.toml"
-KEY = wm.WatermarkKey(seed=bytes(range(32)), triggers=True)  # fixed, not secret: a benchmark
 DEFAULT = (
     "none:0:0,seq:256:0.6,seq:256:1.0,seq:128:1.0,hinge:256:0.6,rule:64:1.0,rule:128:1.0,"
     "lookahead:256:0.6,lookahead:256:1.0"
 )
+KINDS = ("none", "seq", "hinge", "rule", "lookahead", "noisy", "headonly")
 VOTES = 4  # fixed verification triggers per secret token (rule)
 LOOKAHEAD_LR = 5e-3  # the simulated attacker's step (lookahead)
 
@@ -79,6 +91,35 @@ class _Rule:
         return torch.from_numpy(ids).long(), torch.from_numpy(self.labels[groups]).long()
 
 
+def _key(index: int) -> wm.WatermarkKey:
+    """Fixed, not secret benchmark key number ``index`` (key 0 is the earlier fixed key)."""
+    return wm.WatermarkKey(seed=bytes((i + index) % 256 for i in range(32)), triggers=True)
+
+
+def _bits(hits: int | None, count: int, chance: float) -> float | None:
+    """-log2 of the exact binomial p-value of ``hits`` (64 = the scheme's 2^-64 level)."""
+    if hits is None:
+        return None
+    p = wm.binomial_p_value(matches=hits, trials=count, chance=chance)
+    return round(-math.log2(p), 1) if p > 0 else math.inf
+
+
+def _noisy_grads(
+    rehearsal: TriggerRehearsal, m: Any, params: dict[str, Any], start: int, noise: float
+) -> tuple[dict[str, Any], int]:
+    """Trigger gradients at the weights plus relative Gaussian noise on the LoRA tensors."""
+    saved = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for n, p in params.items():
+            if "classifier" not in n:
+                p.add_(torch.randn_like(p) * noise * p.pow(2).mean().sqrt())
+    out = rehearsal.gradients(m, params, start=start)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(saved[n])
+    return out
+
+
 def _hinge_grads(model: Any, params: dict[str, Any], ids: Any, labels: Any, weight: float) -> Any:
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     true = logits.gather(1, labels[:, None])[:, 0]
@@ -89,16 +130,26 @@ def _hinge_grads(model: Any, params: dict[str, Any], ids: Any, labels: Any, weig
 
 
 def run_setting(
-    kind: str, count: int, weight: float, *, epochs: int, lookahead: int
+    kind: str,
+    count: int,
+    weight: float,
+    *,
+    epochs: int,
+    lookahead: int,
+    length: int = wm.SCHEME.trigger_length,
+    key_index: int = 0,
+    noise: float = 0.4,
 ) -> dict[str, Any]:
     """Embed one setting from the pre-trained base, then attack it by fine-tuning."""
     cfg = load_config(EXAMPLE)
     parts = build_parts(cfg)
     model = parts.model
     domain = trigger_domain(parts.tokenizer, max(parts.data.num_labels, 2))
-    ids = torch.from_numpy(wm.trigger_token_ids(KEY, domain))[:count]
-    labels = torch.from_numpy(wm.trigger_labels(KEY, domain))[:count]
-    rehearsal = TriggerRehearsal(KEY, domain, batch=32, weight=max(weight, 1e-9))
+    key = _key(key_index)
+    sizes = dataclasses.replace(wm.SCHEME, triggers=max(count, 1), trigger_length=length)
+    ids = torch.from_numpy(wm.trigger_token_ids(key, domain, scheme=sizes))
+    labels = torch.from_numpy(wm.trigger_labels(key, domain, scheme=sizes))
+    rehearsal = TriggerRehearsal(key, domain, batch=32, weight=max(weight, 1e-9))
     rehearsal.ids, rehearsal.labels = ids, labels
     rule = _Rule(count, domain, np.random.default_rng(11)) if kind == "rule" else None
     rng = np.random.default_rng(1)  # not-secret: fresh rule triggers for training
@@ -107,8 +158,12 @@ def run_setting(
     def hook(m: torch.nn.Module) -> None:
         t0 = time.perf_counter()
         params = live_params(m)
-        if kind == "seq":
+        if kind in ("seq", "headonly"):
             grads, state["cursor"] = rehearsal.gradients(m, params, start=state["cursor"])
+            if kind == "headonly":
+                grads = {n: g for n, g in grads.items() if "classifier" in n}
+        elif kind == "noisy":
+            grads, state["cursor"] = _noisy_grads(rehearsal, m, params, state["cursor"], noise)
         elif kind == "lookahead":
             # First-order meta-learning against the fine-tuning attack: the trigger gradient
             # is taken where ``lookahead`` Adam-like steps along the task gradient (held in
@@ -171,24 +226,48 @@ def run_setting(
         extra_grad=None if kind == "none" else hook,
         seed=cfg.seed,
     )
+    chance = 1 / domain.num_labels
     row: dict[str, Any] = {
         "kind": kind,
         "triggers": count,
         "weight": weight,
+        "epochs": epochs,
+        "trigger_length": length,
+        "key": key_index,
         "lookahead_steps": lookahead if kind == "lookahead" else None,
+        "noise": noise if kind == "noisy" else None,
         "train_seconds": round(time.perf_counter() - t0, 1),
         "trigger_ms_per_step": round(1e3 * state["seconds"] / max(state["steps"], 1), 1),
         "accuracy": training.evaluate(model, parts.test_set)["accuracy"],
         "hits": hits(),
-        "needed": wm.min_matches(trials=count, chance=1 / domain.num_labels) if count else None,
+        "needed": wm.min_matches(trials=count, chance=chance) if count else None,
         "finetune": {},
     }
+    row["bits"] = _bits(row["hits"], count, chance)
     clean = {n: p.detach().clone() for n, p in live_params(model).items()}
 
     def measure(_name: str, strength: str, tuned: dict[str, torch.Tensor]) -> None:
         attacks._set_state(model, tuned)
         acc = training.evaluate(model, parts.test_set)["accuracy"]
-        row["finetune"][strength] = {"accuracy": acc, "hits": hits()}
+        found = hits()
+        row["finetune"][strength] = {
+            "accuracy": acc,
+            "hits": found,
+            "bits": _bits(found, count, chance),
+            **_where(tuned),
+        }
+
+    def _where(tuned: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Which part the fine-tuning erased: hits with only the head, or only the LoRA
+        factors, fine-tuned (the other part as embedded), and how far the factors moved."""
+        out: dict[str, Any] = {}
+        for part, take in (("head_tuned_only", "classifier"), ("lora_tuned_only", "lora_")):
+            attacks._set_state(model, {n: (t if take in n else clean[n]) for n, t in tuned.items()})
+            out[f"hits_{part}"] = hits()
+        moved = [(tuned[n] - clean[n]).norm() / clean[n].norm() for n in tuned if "lora_" in n]
+        out["lora_relative_change"] = round(float(torch.stack(moved).mean()), 3)
+        attacks._set_state(model, tuned)
+        return out
 
     attacks._finetune(model, parts, cfg, clean, quick=False, measure=measure)
     return row
@@ -199,24 +278,30 @@ def main() -> None:
     ap.add_argument("--settings", default=DEFAULT)
     ap.add_argument("--epochs", type=int, default=3, help="epochs over the pooled splits")
     ap.add_argument("--lookahead", type=int, default=20, help="sign-steps of the lookahead")
+    ap.add_argument("--noise", type=float, default=0.4, help="relative weight noise (noisy)")
+    ap.add_argument(
+        "--trigger-length", type=int, default=wm.SCHEME.trigger_length,
+        help="tokens per trigger, [CLS] included (design space; the scheme uses 16)",
+    )  # fmt: skip
+    ap.add_argument("--key-seeds", default="0", help="comma-separated fixed benchmark keys")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
     for spec in args.settings.split(","):
         kind, count, weight = spec.split(":")
-        if kind not in ("none", "seq", "hinge", "rule", "lookahead"):
-            raise SystemExit(
-                f"unknown setting kind {kind!r}; use none, seq, hinge, rule or lookahead"
-            )
-        rows.append(
-            run_setting(
-                kind, int(count), float(weight), epochs=args.epochs, lookahead=args.lookahead
-            )
-        )
-        print(json.dumps(rows[-1]), flush=True)
-        if args.json:
-            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        if kind not in KINDS:
+            raise SystemExit(f"unknown setting kind {kind!r}; use one of {', '.join(KINDS)}")
+        for key_index in (int(k) for k in args.key_seeds.split(",")):
+            row = run_setting(
+                kind, int(count), float(weight), epochs=args.epochs,
+                lookahead=args.lookahead, length=args.trigger_length,
+                key_index=key_index, noise=args.noise,
+            )  # fmt: skip
+            rows.append(row)
+            print(json.dumps(rows[-1]), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -263,30 +263,37 @@ def _uniform(seed: bytes, label: str, count: int, span: int) -> NDArray[np.int64
     return (raw % np.uint64(span)).astype(np.int64)
 
 
-def trigger_token_ids(key: WatermarkKey, domain: TriggerDomain) -> NDArray[np.int64]:
-    """``[triggers, trigger_length]`` ids: the domain's prefix, then uniform alphabet tokens."""
-    body = SCHEME.trigger_length - len(domain.prefix)
+def trigger_token_ids(
+    key: WatermarkKey, domain: TriggerDomain, *, scheme: Scheme = SCHEME
+) -> NDArray[np.int64]:
+    """``[triggers, trigger_length]`` ids: the domain's prefix, then uniform alphabet tokens.
+
+    ``scheme`` is for design-space benchmarks only: verification always uses :data:`SCHEME`.
+    """
+    body = scheme.trigger_length - len(domain.prefix)
     if body < 1:
         raise WatermarkKeyError(f"trigger prefix {domain.prefix} leaves no room for tokens")
     alphabet = domain.alphabet
     picks = _uniform(
-        key.seed, f"triggers/{domain.fingerprint}", SCHEME.triggers * body, len(alphabet)
+        key.seed, f"triggers/{domain.fingerprint}", scheme.triggers * body, len(alphabet)
     )
-    tokens = alphabet[picks].reshape(SCHEME.triggers, body)
+    tokens = alphabet[picks].reshape(scheme.triggers, body)
     prefix = np.broadcast_to(
-        np.asarray(domain.prefix, np.int64), (SCHEME.triggers, len(domain.prefix))
+        np.asarray(domain.prefix, np.int64), (scheme.triggers, len(domain.prefix))
     )
     return np.concatenate([prefix, tokens], axis=1)
 
 
-def trigger_labels(key: WatermarkKey, domain: TriggerDomain) -> NDArray[np.int64]:
+def trigger_labels(
+    key: WatermarkKey, domain: TriggerDomain, *, scheme: Scheme = SCHEME
+) -> NDArray[np.int64]:
     """``[triggers]`` labels uniform in ``[0, num_labels)``, independent of the inputs.
 
     A model that never saw the key matches each with probability exactly ``1/num_labels``
     whatever its biases: the binomial null of the trigger test holds with no control set.
     """
     return _uniform(
-        key.seed, f"trigger-labels/{domain.fingerprint}", SCHEME.triggers, domain.num_labels
+        key.seed, f"trigger-labels/{domain.fingerprint}", scheme.triggers, domain.num_labels
     )
 
 

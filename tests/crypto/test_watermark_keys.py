@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import stat
 
@@ -69,6 +70,19 @@ def test_trigger_ids_drawn_from_non_special_tokens_after_prefix():
     assert set(np.unique(ids[:, 1:])) == set(range(3, 40))  # 3840 draws over 37 tokens
     np.testing.assert_array_equal(ids, wm.trigger_token_ids(key, DOMAIN))
     assert not np.array_equal(ids, wm.trigger_token_ids(wm.generate_key(), DOMAIN))
+
+
+def test_larger_benchmark_trigger_sets_extend_the_scheme_set():
+    # bench_watermark_triggers explores more triggers with the same key: the scheme's set
+    # must be their prefix, so that its rows speak about the triggers a verifier uses.
+    key = wm.generate_key(triggers=True)
+    more = dataclasses.replace(wm.SCHEME, triggers=2 * wm.SCHEME.triggers)
+    n = wm.SCHEME.triggers
+    ids, labels = wm.trigger_token_ids(key, DOMAIN), wm.trigger_labels(key, DOMAIN)
+    np.testing.assert_array_equal(wm.trigger_token_ids(key, DOMAIN, scheme=more)[:n], ids)
+    np.testing.assert_array_equal(wm.trigger_labels(key, DOMAIN, scheme=more)[:n], labels)
+    short = dataclasses.replace(wm.SCHEME, trigger_length=6)
+    assert wm.trigger_token_ids(key, DOMAIN, scheme=short).shape == (n, 6)
 
 
 def test_trigger_labels_uniform_and_key_specific():

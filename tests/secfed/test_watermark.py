@@ -401,7 +401,7 @@ def test_embeds_under_dp_sgd_after_clipping_and_noise(run, tmp_path):
         model,
         client_dataset(runner.parts, runner.parts.shards[0]),
         loss_fn=training.classification_loss,
-        epochs=6,
+        epochs=12,
         batch_size=16,
         lr=5e-3,
         optimizer="adamw",
@@ -412,7 +412,7 @@ def test_embeds_under_dp_sgd_after_clipping_and_noise(run, tmp_path):
         seed=0,
     )
     (verdict,) = verify_keys([plugin.keys[0]], anchor=model_anchor(model), kind="lora")
-    assert verdict.marked
+    assert verdict.marked, verdict.bits  # 12 epochs: 224-234 of 256 bits (6 gave 198-211)
 
 
 def test_cli_checks_rfc3161_timestamps_of_the_records(run, tmp_path):

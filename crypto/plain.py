@@ -13,7 +13,6 @@ little-endian), 4 bytes per parameter plus 8.
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Mapping
 from typing import Any, cast
@@ -35,9 +34,8 @@ from .core.protocol import (
     adversaries,
 )
 from .core.registry import register
-from .errors import AuthenticationError, DropoutError, ProtocolError
+from .errors import DropoutError, ProtocolError
 
-log = logging.getLogger(__name__)
 _NAME = "plain"
 _WEIGHT = struct.Struct("!d")
 _BLOCK = 1 << 16
@@ -95,15 +93,11 @@ class PlainServer(ServerSession):
             raise ProtocolError("plain round already finished")
         if client in self._summed:
             raise ProtocolError(f"client {client}'s update was handed over twice")
-        if client not in self.spec.cohort:
-            self.refused[client] = f"reply from client {client}, who was not asked at this stage"
-            log.warning("%s: counted as a dropout", self.refused[client])
-            return
-        try:
-            body = self._channel.open_view(reply, stage=0, sender=client)
-        except AuthenticationError as err:
-            self.refused[client] = str(err)
-            log.warning("%s: counted as a dropout", err)
+        body = self._channel.accept(
+            reply, stage=0, sender=client, expected=frozenset(self.spec.cohort),
+            refused=self.refused,
+        )  # fmt: skip
+        if body is None:
             return
         expected = _WEIGHT.size + 4 * self.spec.dim
         if len(body) != expected:

@@ -253,6 +253,32 @@ class Channel:
             self._their_key[sender] = key  # signed above: the sender's key for this attempt
         return payload
 
+    def accept(
+        self,
+        reply: bytes,
+        *,
+        stage: int,
+        sender: int,
+        expected: set[int] | frozenset[int],
+        refused: dict[int, str],
+    ) -> memoryview | bytes | None:
+        """One reply's payload (a read-only view, as :meth:`open_view`), or None if refused.
+
+        A reply from a client that was not asked at this stage, or one failing any check of
+        :meth:`open`, is refused: the reason goes to ``refused`` (the client counts as a
+        dropout) and is logged.
+        """
+        if sender not in expected:
+            why = f"reply from {party_name(sender)}, who was not asked at this stage"
+        else:
+            try:
+                return self.open_view(reply, stage=stage, sender=sender)
+            except AuthenticationError as err:
+                why = str(err)
+        refused[sender] = why
+        log.warning("%s: counted as a dropout", why)
+        return None
+
     def collect(
         self,
         replies: Mapping[int, bytes],
@@ -261,23 +287,17 @@ class Channel:
         expected: set[int] | frozenset[int],
         refused: dict[int, str],
     ) -> dict[int, bytes]:
-        """Payloads of the replies that pass :meth:`open`, by ascending id.
+        """Payloads of the replies that :meth:`accept` takes, by ascending id.
 
-        A reply from a client that was not asked, or one failing any check, is refused (added
-        to ``refused`` with the reason) and counts as that client's dropout. Raises
-        ``DropoutError`` when no reply is left.
+        Raises ``DropoutError`` when no reply is left.
         """
         bodies: dict[int, bytes] = {}
         for cid in sorted(replies):
-            if cid not in expected:
-                refused[cid] = f"reply from {party_name(cid)}, who was not asked at this stage"
-                continue
-            try:
-                bodies[cid] = self.open(replies[cid], stage=stage, sender=cid)
-            except AuthenticationError as err:
-                refused[cid] = str(err)
-        for why in refused.values():
-            log.warning("%s: counted as a dropout", why)
+            payload = self.accept(
+                replies[cid], stage=stage, sender=cid, expected=expected, refused=refused
+            )
+            if payload is not None:
+                bodies[cid] = bytes(payload)
         if not bodies:
             detail = f" ({len(refused)} refused: {next(iter(refused.values()))})" if refused else ""
             raise DropoutError(

@@ -20,7 +20,7 @@ from ..core.channel import Channel
 from ..core.identity import Keyring
 from ..core.masking import apply_masks
 from ..core.protocol import Aggregate, RoundSpec, ServerSession, ServerStep
-from ..errors import AuthenticationError, DropoutError, KeyMaterialError, ProtocolError
+from ..errors import DropoutError, KeyMaterialError, ProtocolError
 from . import messages as msg
 from .client import STAGES, commitment, survivor_statement
 from .encoding import RoundParams, accumulator, decode_in_place, decode_weight, unpack_add
@@ -115,16 +115,12 @@ class SecAggServer(ServerSession):
             return
         if client in self._absorbed:
             raise ProtocolError(f"client {client}'s masked input was handed over twice")
-        if client not in self._expected:
-            self.refused[client] = f"reply from client {client}, who was not asked at this stage"
-            log.warning("%s: counted as a dropout", self.refused[client])
+        opened = self._channel.accept(
+            reply, stage=_MASKED, sender=client, expected=self._expected, refused=self.refused
+        )
+        if opened is None:
             return
-        try:
-            body = memoryview(self._channel.open_view(reply, stage=_MASKED, sender=client))
-        except AuthenticationError as err:
-            self.refused[client] = str(err)
-            log.warning("%s: counted as a dropout", err)
-            return
+        body = memoryview(opened)
         if client not in self._shared:  # a holder only: it owes no input
             if len(body):
                 raise ProtocolError(f"client {client} holds shares only but sent an input")

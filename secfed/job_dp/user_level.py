@@ -225,10 +225,7 @@ class UserLevelDP:
         if self.mode == "distributed" and self.noise_multiplier > 0:
             n = dim if self.count_in_client_noise else dim - self.count_slots
             if self.quantum is not None:
-                plan = privacy.plan_skellam(
-                    noise_multiplier=self.noise_multiplier, clip_norm=self.sensitivity,
-                    quantum=self.quantum, dim=dim, clients=1, tolerated_dropouts=0,
-                )  # fmt: skip
+                plan = self._whole_noise_plan(dim)
                 total[:n] += plan.client_noise(rng)[:n].astype(np.float64) * self.quantum
             else:
                 std = self.update_noise_multiplier * self.norm
@@ -256,11 +253,16 @@ class UserLevelDP:
         start when the planned rounds pass it)."""
         plan = None
         if self.mode == "distributed" and self.quantum is not None and self.noise_multiplier > 0:
-            plan = privacy.plan_skellam(
-                noise_multiplier=self.noise_multiplier, clip_norm=self.sensitivity,
-                quantum=self.quantum, dim=dim, clients=1, tolerated_dropouts=0,
-            )  # fmt: skip
+            plan = self._whole_noise_plan(dim)
         return UserBudget(self.cfg, plan=plan, accounted=self.epsilon)
+
+    def _whole_noise_plan(self, dim: int) -> privacy.SkellamPlan:
+        """The Skellam plan of one party adding the whole noise to a ``dim``-long vector."""
+        assert self.quantum is not None
+        return privacy.plan_skellam(
+            noise_multiplier=self.noise_multiplier, clip_norm=self.sensitivity,
+            quantum=self.quantum, dim=dim, clients=1, tolerated_dropouts=0,
+        )  # fmt: skip
 
     def aggregator_view(self) -> tuple[bool, str]:
         """Whether the aggregate the aggregator reads is noised, and why."""

@@ -54,3 +54,14 @@ def test_message_signed_by_a_party_outside_the_roster_is_refused():
         Channel(tag="plain", session_id=bytes(16), me=1, keyring=job).open(
             hello, stage=0, sender=wire.SERVER
         )
+
+
+def test_small_order_roster_key_admits_no_universal_signature():
+    # The identity point as a public key with R = identity, S = 0 "signs" every message for
+    # a verifier that accepts small-order keys (OpenSSL's does); libsodium, which the roster
+    # verifies with, refuses it.
+    identity_point = b"\x01" + bytes(31)
+    universal = identity_point + bytes(32)
+    roster = identity.Roster({5: identity_point})
+    for message in (b"", b"survivors", os.urandom(64)):
+        assert not roster.verify(5, universal, message)

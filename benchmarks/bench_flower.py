@@ -3,8 +3,10 @@
     python benchmarks/bench_flower.py [JOB.toml] [--subprocess] [--stock]
 
 Runs ``secfed run JOB`` and ``python -m secfed.flower.launch JOB`` (each in a fresh process,
-into a scratch run directory) and prints, for each: wall time, the CPU seconds of all its
-processes, job time (the sum of the rounds' ``seconds`` in metrics.jsonl: training,
+into a scratch run directory) and prints, for each: wall time, the CPU seconds of its
+processes that were waited for (``RUSAGE_CHILDREN``: a helper Flower detaches from its
+parent and that is reaped elsewhere is not counted, so the Flower figures are a lower
+bound), job time (the sum of the rounds' ``seconds`` in metrics.jsonl: training,
 aggregation and evaluation, without start-up) and the mean per-round phases. ``flower`` is
 the launcher's default: each node agent answers its SuperNode's ClientApp tasks
 (``--isolation process``). ``--subprocess`` adds a run where Flower starts a ClientApp

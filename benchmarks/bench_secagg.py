@@ -146,9 +146,9 @@ def run_case(
     }
 
 
-def ten_percent(n: int) -> dict[int, int]:
-    """10% of the cohort drops: half before sending the masked input, half after."""
-    k = max(1, n // 10)
+def ten_percent(n: int, fraction: float = 0.1) -> dict[int, int]:
+    """``fraction`` (10%) of the cohort drops: half before sending the masked input, half after."""
+    k = max(1, int(n * fraction))
     who = list(range(n - k, n))
     return {c: (2 if i % 2 == 0 else 3) for i, c in enumerate(who)}
 
@@ -247,7 +247,7 @@ def scaling_only(
     rows = []
     options = {"max_dropout_fraction": dropout, "max_corrupt_fraction": corrupt}
     for n in sizes:
-        row = run_case("secagg+", n, 100_000, ten_percent(n), options=options)
+        row = run_case("secagg+", n, 100_000, ten_percent(n, dropout), options=options)
         row["load_average"] = os.getloadavg()[0]
         rows.append(row)
         print(fmt(row), f"round {row['wall_s']:.1f} s (load {row['load_average']:.1f})", flush=True)
@@ -292,14 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         "--scaling-only",
         type=str,
         default=None,
-        help="only secagg+ at these cohort sizes (e.g. 100,1000), 100k params, 10%% dropouts",
+        help="only secagg+ at these cohort sizes (e.g. 100,1000), 100k params, "
+        "--dropout-fraction of them dropping",
     )
     ap.add_argument("--plot", type=Path, help="with --scaling-only: round time vs cohort (PNG)")
     ap.add_argument(
         "--dropout-fraction",
         type=float,
         default=0.1,
-        help="with --scaling-only: max_dropout_fraction the round is configured for (0.1)",
+        help="with --scaling-only: the share of clients that drop, which the round is "
+        "configured for (max_dropout_fraction; 0.1)",
     )
     ap.add_argument(
         "--corrupt-fraction",

@@ -6,10 +6,10 @@ no signatures), so that one setting takes a minute, not a federated job. For eac
 it embeds one key's triggers through the real rehearsal code
 (:class:`secfed.watermark.triggers.TriggerRehearsal`, or a hinge variant), then runs the
 fine-tuning attack of ``secfed watermark attack`` (fresh data, lr/epochs 1e-3 x1, 5e-3 x1,
-5e-3 x3, 2e-2 x3) and reports, per setting: task accuracy (and its cost against the same
-proxy without triggers), trigger hits against the hits needed at 2^-64 (exact binomial,
-:func:`crypto.watermark.min_matches`), the hits after each fine-tuning, and the trigger
-term's time per step.
+5e-3 x3, 2e-2 x3) and reports, per setting: task accuracy (its cost is read against the
+``none`` row, the same proxy without triggers), trigger hits against the hits needed at
+2^-64 (exact binomial, :func:`crypto.watermark.min_matches`), the hits after each
+fine-tuning, and the trigger term's time per step.
 
 Settings (``--settings``, comma-separated ``KIND:COUNT:WEIGHT``): ``seq`` = the scheme's
 random token sequences with random labels (the first COUNT of the key's set; COUNT = 256
@@ -27,7 +27,8 @@ only. ``none`` = no triggers.
 
 Design-space knobs (the scheme itself is fixed; these only explore it): ``--epochs``
 (how long the owner embeds: the proxy's 3 pooled epochs are about the example's
-5 rounds x 2 local epochs of steps; 30 pooled epochs about 60 such rounds),
+old 5 rounds x 2 local epochs of steps; 30 pooled epochs about 60 such rounds, twice what
+the example now runs),
 ``--trigger-length`` (tokens per trigger, the [CLS] prefix included; the scheme uses
 16), ``--key-seeds`` (several fixed keys, to see the spread). Each row also gives
 ``bits`` = -log2 of the exact binomial p-value of the hits (64 = the 2^-64 level).
@@ -43,6 +44,7 @@ import dataclasses
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,18 +73,20 @@ LOOKAHEAD_LR = 5e-3  # the simulated attacker's step (lookahead)
 class _Rule:
     """Secret tokens with random labels; triggers = random filler + 3 copies of one token."""
 
-    def __init__(self, count: int, domain: wm.TriggerDomain, rng: np.random.Generator):
+    def __init__(
+        self, count: int, domain: wm.TriggerDomain, rng: np.random.Generator, *, length: int
+    ):
         alphabet = domain.alphabet
         self.cues = rng.choice(alphabet, size=count, replace=False)
         self.labels = rng.integers(0, domain.num_labels, size=count)
         self.filler = np.setdiff1d(alphabet, self.cues)
         self.prefix = np.asarray(domain.prefix, np.int64)
-        self.count = count
+        self.length = length
         groups = np.repeat(np.arange(count), VOTES)
         self.test_ids, _ = self.make(groups, np.random.default_rng(7))
 
     def make(self, groups: np.ndarray, rng: np.random.Generator) -> tuple[torch.Tensor, Any]:
-        body_len = wm.SCHEME.trigger_length - len(self.prefix)
+        body_len = self.length - len(self.prefix)
         body = self.filler[rng.integers(0, len(self.filler), size=(len(groups), body_len))]
         for row, g in enumerate(groups):
             body[row, rng.choice(body_len, size=3, replace=False)] = self.cues[g]
@@ -129,7 +133,30 @@ def _hinge_grads(model: Any, params: dict[str, Any], ids: Any, labels: Any, weig
     return {n: g for n, g in zip(params, grads, strict=True) if g is not None}
 
 
+@dataclass
+class Proxy:
+    """The example's config, parts and pooled training split, built once per process; each
+    setting starts from ``initial``, the adapter as built (so settings stay comparable)."""
+
+    cfg: Any
+    parts: Any
+    domain: wm.TriggerDomain
+    train: TensorDataset
+    initial: dict[str, torch.Tensor]
+
+    @classmethod
+    def build(cls) -> Proxy:
+        cfg = load_config(EXAMPLE)
+        parts = build_parts(cfg)
+        domain = trigger_domain(parts.tokenizer, max(parts.data.num_labels, 2))
+        pooled = torch.cat([torch.as_tensor(s.train) for s in parts.shards])
+        train = TensorDataset(*(t[pooled] for t in parts.encoded.tensors))
+        initial = {n: p.detach().clone() for n, p in live_params(parts.model).items()}
+        return cls(cfg, parts, domain, train, initial)
+
+
 def run_setting(
+    proxy: Proxy,
     kind: str,
     count: int,
     weight: float,
@@ -141,17 +168,18 @@ def run_setting(
     noise: float = 0.4,
 ) -> dict[str, Any]:
     """Embed one setting from the pre-trained base, then attack it by fine-tuning."""
-    cfg = load_config(EXAMPLE)
-    parts = build_parts(cfg)
+    cfg, parts, domain, train = proxy.cfg, proxy.parts, proxy.domain, proxy.train
     model = parts.model
-    domain = trigger_domain(parts.tokenizer, max(parts.data.num_labels, 2))
+    attacks._set_state(model, proxy.initial)
     key = _key(key_index)
     sizes = dataclasses.replace(wm.SCHEME, triggers=max(count, 1), trigger_length=length)
     ids = torch.from_numpy(wm.trigger_token_ids(key, domain, scheme=sizes))
     labels = torch.from_numpy(wm.trigger_labels(key, domain, scheme=sizes))
     rehearsal = TriggerRehearsal(key, domain, batch=32, weight=max(weight, 1e-9))
     rehearsal.ids, rehearsal.labels = ids, labels
-    rule = _Rule(count, domain, np.random.default_rng(11)) if kind == "rule" else None
+    rule = (
+        _Rule(count, domain, np.random.default_rng(11), length=length) if kind == "rule" else None
+    )
     rng = np.random.default_rng(1)  # not-secret: fresh rule triggers for training
     state = {"cursor": 0, "seconds": 0.0, "steps": 0}
 
@@ -212,8 +240,6 @@ def run_setting(
         model.train()
         return int((pred == labels).sum())
 
-    pooled = torch.cat([torch.as_tensor(s.train) for s in parts.shards])
-    train = TensorDataset(*(t[pooled] for t in parts.encoded.tensors))
     t0 = time.perf_counter()
     training.train_local(
         model,
@@ -266,7 +292,6 @@ def run_setting(
             out[f"hits_{part}"] = hits()
         moved = [(tuned[n] - clean[n]).norm() / clean[n].norm() for n in tuned if "lora_" in n]
         out["lora_relative_change"] = round(float(torch.stack(moved).mean()), 3)
-        attacks._set_state(model, tuned)
         return out
 
     attacks._finetune(model, parts, cfg, clean, quick=False, measure=measure)
@@ -288,13 +313,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
+    proxy = Proxy.build()
     for spec in args.settings.split(","):
         kind, count, weight = spec.split(":")
         if kind not in KINDS:
             raise SystemExit(f"unknown setting kind {kind!r}; use one of {', '.join(KINDS)}")
         for key_index in (int(k) for k in args.key_seeds.split(",")):
             row = run_setting(
-                kind, int(count), float(weight), epochs=args.epochs,
+                proxy, kind, int(count), float(weight), epochs=args.epochs,
                 lookahead=args.lookahead, length=args.trigger_length,
                 key_index=key_index, noise=args.noise,
             )  # fmt: skip

@@ -10,9 +10,10 @@ from crypto.core.channel import Channel
 from crypto.secagg import PairwiseMaskingProtocol
 from tests.crypto.adversary import keyring
 
-# Inputs reach 1.2 > clip: these tests clip on purpose (the conformance classes refuse).
-OPTS = {"max_weight": 64.0, "out_of_range": "clip"}
-REFUSE = {"out_of_range": "refuse"}
+#: The protocols' own defaults (out-of-range values refused), for the conformance classes.
+BASE = {"max_weight": 64.0}
+# Inputs reach 1.2 > clip: the other tests clip on purpose.
+OPTS = BASE | {"out_of_range": "clip"}
 
 
 def secagg_proto(name: str, **opts) -> PairwiseMaskingProtocol:
@@ -22,13 +23,8 @@ def secagg_proto(name: str, **opts) -> PairwiseMaskingProtocol:
     return proto
 
 
-SPARSE = {
-    "neighbours": 4,
-    "threshold": 3,
-    "max_corrupt_fraction": 0.0,
-    "max_weight": 64.0,
-    "out_of_range": "clip",
-}
+SPARSE_GRAPH = {"neighbours": 4, "threshold": 3, "max_corrupt_fraction": 0.0}
+SPARSE = OPTS | SPARSE_GRAPH
 
 
 def inputs(n, dim, seed=0, weight_max=50):

@@ -20,9 +20,10 @@ from crypto.secagg.encoding import pack, unpack_add
 from crypto.secagg.graph import neighbours_of
 from tests.crypto.conformance import ProtocolConformance
 from tests.crypto.secagg_helpers import (
+    BASE,
     OPTS,
-    REFUSE,
     SPARSE,
+    SPARSE_GRAPH,
     exact,
     inputs,
     run_case,
@@ -36,7 +37,7 @@ class TestSecAggConformance(ProtocolConformance):
     fuzz_clients = 5  # t = 4: one refused party is survived, so fuzzed rounds can finish
 
     def make_protocol(self, tmp_path) -> Protocol:
-        return secagg_proto("secagg", **OPTS | REFUSE)
+        return secagg_proto("secagg", **BASE)
 
 
 class TestSecAggPlusConformance(ProtocolConformance):
@@ -44,7 +45,7 @@ class TestSecAggPlusConformance(ProtocolConformance):
     fuzz_clients = 5
 
     def make_protocol(self, tmp_path) -> Protocol:
-        return secagg_proto("secagg+", **OPTS | REFUSE)
+        return secagg_proto("secagg+", **BASE)
 
 
 class TestSecAggPlusSparseConformance(ProtocolConformance):
@@ -54,7 +55,7 @@ class TestSecAggPlusSparseConformance(ProtocolConformance):
     n_clients = 12
 
     def make_protocol(self, tmp_path) -> Protocol:
-        proto = secagg_proto("secagg+", **SPARSE | REFUSE)
+        proto = secagg_proto("secagg+", **BASE | SPARSE_GRAPH)
         assert not proto.graph_params(self.n_clients).complete
         return proto
 

@@ -90,19 +90,19 @@ def test_neighbour_tags_stand_for_signatures_and_save_every_verification(monkeyp
     assert set(shares) == {0, 1, 2, 3, 4} and calls == []
 
 
-def test_forged_or_reflected_tag_does_not_count_as_an_endorsement():
-    for forge in ("made up", "reflected"):
-        _, clients, messages = _unmask_setup(4)
-        survivors, _, tags, statement = _endorsements(clients, messages)
-        if forge == "made up":
-            tags[2] = bytes(msg.ENDORSEMENT_BYTES)
-        else:  # client 1's own endorsement to 2, handed back to 1 as 2's
-            tags[2] = endorsement_tag(
-                clients[1]._endorse[2], sender=1, recipient=2, statement=statement
-            )
-        request = msg.encode_unmask(survivors, [], sorted(tags.items()))  # no signatures
-        with pytest.raises(AuthenticationError, match="endorsement of client 2"):
-            clients[1].handle(reframe(messages[1], request))
+@pytest.mark.parametrize("forge", ["made up", "reflected"])
+def test_forged_or_reflected_tag_does_not_count_as_an_endorsement(forge):
+    _, clients, messages = _unmask_setup(4)
+    survivors, _, tags, statement = _endorsements(clients, messages)
+    if forge == "made up":
+        tags[2] = bytes(msg.ENDORSEMENT_BYTES)
+    else:  # client 1's own endorsement to 2, handed back to 1 as 2's
+        tags[2] = endorsement_tag(
+            clients[1]._endorse[2], sender=1, recipient=2, statement=statement
+        )
+    request = msg.encode_unmask(survivors, [], sorted(tags.items()))  # no signatures
+    with pytest.raises(AuthenticationError, match="endorsement of client 2"):
+        clients[1].handle(reframe(messages[1], request))
 
 
 def test_bad_tag_falls_back_to_the_signature():
@@ -123,10 +123,7 @@ def test_client_answers_one_unmask_request_only():
 
 
 def test_altered_sealed_share_is_rejected():
-    proto = secagg_proto("secagg", **OPTS)
-    spec = RoundSpec("t", 1, tuple(range(5)), 9)
-    vecs, weights = inputs(5, 9)
-    _, clients, messages = to_stage(proto, spec, vecs, weights, 2)
+    _, clients, messages = _unmask_setup(2)
     raw = bytearray(payload_of(messages[0]))
     raw[-5] ^= 1  # inside a sealed share: even the (signing) server cannot alter it
     with pytest.raises(ProtocolError, match="authentication"):
@@ -134,10 +131,7 @@ def test_altered_sealed_share_is_rejected():
 
 
 def test_misrouted_sealed_share_is_rejected():
-    proto = secagg_proto("secagg", **OPTS)
-    spec = RoundSpec("t", 1, tuple(range(5)), 9)
-    vecs, weights = inputs(5, 9)
-    _, clients, messages = to_stage(proto, spec, vecs, weights, 2)
+    _, clients, messages = _unmask_setup(2)
     # Deliver client 1's share list to client 0 under client 0's header.
     body = payload_of(messages[1])
     contribute, rows = msg.decode_share_delivery(body)
@@ -148,10 +142,7 @@ def test_misrouted_sealed_share_is_rejected():
 
 
 def test_altered_revealed_share_is_detected():
-    proto = secagg_proto("secagg", **OPTS)
-    spec = RoundSpec("t", 1, tuple(range(5)), 9)
-    vecs, weights = inputs(5, 9)
-    server, clients, messages = to_stage(proto, spec, vecs, weights, 4)
+    server, clients, messages = _unmask_setup(4)
     replies = {c: clients[c].handle(m) for c, m in messages.items()}
     body = payload_of(replies[0])
     shares = msg.decode_reveal(body)

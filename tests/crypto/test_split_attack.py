@@ -17,20 +17,12 @@ import math
 import numpy as np
 import pytest
 
-from crypto import ParameterError, ProtocolError, RoundSpec, create_protocol
+from crypto import ParameterError, ProtocolError, RoundSpec
 from crypto.secagg import PairwiseMaskingProtocol
 from crypto.secagg import messages as msg
 from crypto.secagg.client import endorsement_tag, survivor_statement
 from crypto.secagg.graph import GraphParams
-from tests.crypto.adversary import keyring
-from tests.crypto.secagg_helpers import payload_of
-
-
-def _protocol(name: str, **opts) -> PairwiseMaskingProtocol:
-    proto = create_protocol(name, max_weight=1.0, **opts)
-    assert isinstance(proto, PairwiseMaskingProtocol)
-    proto.use_identities(keyring())
-    return proto
+from tests.crypto.secagg_helpers import payload_of, secagg_proto
 
 
 def split_attack(proto: PairwiseMaskingProtocol, n: int, *, victim: int = 0) -> dict[str, int]:
@@ -106,7 +98,7 @@ def _succeeds(result: dict[str, int]) -> bool:
     ],
 )
 def test_split_attack_fails(name, n, opts):
-    result = split_attack(_protocol(name, **opts), n)
+    result = split_attack(secagg_proto(name, max_weight=1.0, **opts), n)
     assert not _succeeds(result), result
     assert result["b"] < result["t"]  # the victim's self-mask stays hidden
 
@@ -115,8 +107,8 @@ def test_split_attack_is_real_below_the_threshold_rule(monkeypatch):
     # The accepted override t = 4 at n = 10 (now refused): there the attack works,
     # signatures or not, which is why the rule demands 2t - corrupt > holders.
     with pytest.raises(ParameterError, match="malicious server"):
-        _protocol("secagg", threshold=4).graph_params(10)
-    proto = _protocol("secagg")
+        secagg_proto("secagg", max_weight=1.0, threshold=4).graph_params(10)
+    proto = secagg_proto("secagg", max_weight=1.0)
     weak = GraphParams(10, 9, 4)
     original = proto.round_params
 

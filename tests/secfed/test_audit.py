@@ -66,7 +66,7 @@ def test_sample_level_audit_has_power_without_dp(tmp_path):
 
 def test_the_memorising_job_under_dp_stays_below_its_accounted_epsilon(tmp_path):
     """The job that gives the power above, with DP-SGD on: the bound drops below the
-    accounted epsilon."""
+    accounted epsilon, and below the power the same job shows without DP."""
     cfg = tiny_job(federation=MEMORISES, privacy=SAMPLE_DP)
     out = run_audit(cfg, tmp_path / "run", canaries=1000, level="sample")
     accounted = out["accounted_epsilon"]
@@ -74,6 +74,7 @@ def test_the_memorising_job_under_dp_stays_below_its_accounted_epsilon(tmp_path)
     # Client 0 holds ~500 extra examples: its sampling rate, and epsilon, are the lowest.
     assert math.isfinite(holder) and holder < accounted["every_observer"]
     assert out["epsilon_lower_bound"] <= holder and out["consistent"]
+    assert out["epsilon_lower_bound"] < 1.25, out  # > 1.25 without DP (test above)
 
 
 @pytest.mark.slow

@@ -61,8 +61,8 @@ def test_nodes_train_on_their_own_files_and_the_server_sees_counts_only(tmp_path
 
 def test_a_server_evaluation_file_replaces_federated_evaluation(tmp_path):
     files = write_org_files(tmp_path, string_labels=True)
-    eval_file = write_org_files(tmp_path / "x" if (tmp_path / "x").mkdir() is None else tmp_path,
-                                sizes=(40,), string_labels=True)[0]  # fmt: skip
+    (tmp_path / "x").mkdir()
+    eval_file = write_org_files(tmp_path / "x", sizes=(40,), string_labels=True)[0]
     cfg = job("plain", privacy={}, rounds=1)
     agents = org_agents(cfg, files)
     exchange = LocalExchange({n: a.handle for n, a in agents.items()})

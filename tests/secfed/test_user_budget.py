@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import privacy
 from secfed.cli import app
 from secfed.config import ExperimentConfig
+from secfed.errors import ConfigError
 from secfed.estimate import estimate
 from secfed.runner import FederatedRunner
 from tests.secfed.conftest import tiny_job
@@ -87,11 +88,11 @@ def test_job_warns_at_start_and_stops_before_passing_the_budget(tmp_path, caplog
         federation={"clients": 3, "rounds": rounds, "sample_rate": rate},
         privacy={"user": {**USER, "budget": budget}},
     )
+    runner = FederatedRunner(cfg, tmp_path / "run")
     with caplog.at_level(logging.WARNING):
-        summary = FederatedRunner(cfg, tmp_path / "run").run()
+        summary = runner.run()
     assert any("only 2 of 5 rounds fit" in r.getMessage() for r in caplog.records)
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    rows = [r for r in rows if "round" in r]
+    rows = [r for r in runner.dir.read_metrics() if "round" in r]
     assert [r["round"] for r in rows] == [1, 2]
     assert rows[-1]["user_epsilon"] <= budget < _released(3, rate=rate)
     assert "rounds 3-5 not run" in summary["stopped_early"]
@@ -101,5 +102,5 @@ def test_job_warns_at_start_and_stops_before_passing_the_budget(tmp_path, caplog
 
 
 def test_budget_without_sample_level_names_the_user_budget():
-    with pytest.raises(Exception, match=r"privacy\.user\.budget"):
+    with pytest.raises(ConfigError, match=r"privacy\.user\.budget"):
         tiny_job(privacy={"budget": 3.0, "user": USER})

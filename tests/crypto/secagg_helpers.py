@@ -59,8 +59,9 @@ def run_case(name, opts, n, drop, dim=23, seed=0, weight_max=50):
     return proto, out, vecs, weights
 
 
-def to_stage(proto, spec, vecs, weights, stage):
-    """Run a full cohort up to the server message of ``stage``; returns its pieces."""
+def to_stage(proto, spec, vecs, weights, stage, *, absent=frozenset()):
+    """Run the cohort up to the server message of ``stage`` (clients in ``absent`` never
+    answer); returns its pieces."""
     server = proto.server_session(spec)
     clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
     messages = server.start()
@@ -68,9 +69,17 @@ def to_stage(proto, spec, vecs, weights, stage):
         c: s._channel for c, s in clients.items()
     }
     for _ in range(stage):
-        replies = {c: clients[c].handle(m) for c, m in messages.items()}
+        replies = {c: clients[c].handle(m) for c, m in messages.items() if c not in absent}
         messages = server.advance(replies).messages
     return server, clients, messages
+
+
+def fixed_graph_seed(monkeypatch, seed: bytes) -> bytes:
+    """Make the secagg server draw ``seed`` as its round randomness (the secagg+ graph)."""
+    import crypto.secagg.server as server_mod
+
+    monkeypatch.setattr(server_mod.secrets, "token_bytes", lambda n: seed[:n])
+    return seed
 
 
 CHANNELS: dict[bytes, dict[int, Channel]] = {}  # attempt nonce -> party -> its channel

@@ -25,6 +25,7 @@ from tests.crypto.secagg_helpers import (
     SPARSE,
     SPARSE_GRAPH,
     exact,
+    fixed_graph_seed,
     inputs,
     run_case,
     secagg_proto,
@@ -119,10 +120,7 @@ def test_key_setup_survives_one_dropout_in_a_sparse_graph():
 def test_client_left_without_enough_holders_is_excluded_not_fatal(monkeypatch):
     # Three of one client's four neighbours drop at key setup: past the worst-case tolerance
     # for that client, so it is excluded; everyone else still aggregates exactly.
-    import crypto.secagg.server as server_mod
-
-    seed = b"g" * 32
-    monkeypatch.setattr(server_mod.secrets, "token_bytes", lambda n: seed[:n])
+    seed = fixed_graph_seed(monkeypatch, b"g" * 32)
     victim = 0
     nbrs = sorted(neighbours_of(list(range(12)), k=4, seed=seed)[victim])
     drop = {c: 0 for c in nbrs[:3]}
@@ -244,11 +242,9 @@ def test_two_adjacent_dropouts_at_key_setup_exclude_only_their_weak_neighbours(m
     # 3 < t live holders and cannot share; everyone else still has t. The other 12 aggregate
     # exactly. (Before holder-only clients, excluding those two dropped their neighbours
     # below t in turn, round the ring, until the round ended in DropoutError.)
-    import crypto.secagg.server as server_mod
     from crypto.secagg.graph import ring_order
 
-    seed = b"r" * 32
-    monkeypatch.setattr(server_mod.secrets, "token_bytes", lambda n: seed[:n])
+    seed = fixed_graph_seed(monkeypatch, b"r" * 32)
     opts = {**SPARSE, "threshold": 4}
     n = 16
     order = ring_order(list(range(n)), seed=seed)
@@ -261,23 +257,16 @@ def test_two_adjacent_dropouts_at_key_setup_exclude_only_their_weak_neighbours(m
 
 
 def test_a_client_holding_shares_only_refuses_to_be_listed_as_a_survivor(monkeypatch):
-    import crypto.secagg.server as server_mod
     from crypto.secagg.graph import ring_order
 
-    seed = b"r" * 32
-    monkeypatch.setattr(server_mod.secrets, "token_bytes", lambda n: seed[:n])
+    seed = fixed_graph_seed(monkeypatch, b"r" * 32)
     proto = secagg_proto("secagg+", **{**SPARSE, "threshold": 4})
     n = 16
     order = ring_order(list(range(n)), seed=seed)
     spec = RoundSpec("t", 1, tuple(range(n)), 9)
     vecs, weights = inputs(n, 9, weight_max=20)
-    server = proto.server_session(spec)
-    clients = {c: proto.client_session(spec, c, vecs[c], weights[c]) for c in spec.cohort}
-    messages = server.start()
-    gone = {order[5], order[6]}
-    for _ in range(3):  # keys, shares, masked input; two ring neighbours never answer
-        replies = {c: clients[c].handle(m) for c, m in messages.items() if c not in gone}
-        messages = server.advance(replies).messages
+    # keys, shares, masked input; two ring neighbours never answer
+    server, clients, messages = to_stage(proto, spec, vecs, weights, 3, absent={order[5], order[6]})
     holder = order[4]
     assert holder in messages and holder not in server._survivors  # it sent no input
     lie = server._channel.seal(3, holder, msg.encode_ids(sorted([*server._survivors, holder])))

@@ -12,6 +12,7 @@ from crypto.core import wire
 from crypto.secagg.encoding import RoundParams, accumulator, decode_in_place, pack, unpack_add
 from crypto.secagg.graph import GraphParams
 from tests.crypto.adversary import keyring
+from tests.crypto.secagg_helpers import to_stage
 
 _BLOCKS = 2 * (1 << 16) + 12  # spans block boundaries of the streamed code
 
@@ -58,13 +59,9 @@ def _replies(name: str, n: int, dim: int, **opts):
     rng = np.random.default_rng(7)
     vecs = {c: rng.uniform(-0.5, 0.5, dim).astype(np.float32) for c in range(n)}
     spec = RoundSpec("stream", 1, tuple(range(n)), dim)
-    server = proto.server_session(spec)
-    clients = {c: proto.client_session(spec, c, vecs[c], 0.5) for c in range(n)}
-    messages = server.start()
     big_stage = 0 if name == "plain" else 2
-    for _ in range(big_stage):
-        replies = {c: clients[c].handle(m) for c, m in messages.items()}
-        messages = server.advance(replies).messages
+    weights = dict.fromkeys(range(n), 0.5)
+    server, clients, messages = to_stage(proto, spec, vecs, weights, big_stage)
     replies = {c: clients[c].handle(m) for c, m in messages.items()}
     return server, clients, replies, vecs
 

@@ -24,7 +24,12 @@ def local_deployment(cfg, key_dir=None):
     agents = {
         100 + c: NodeAgent(cfg, client_id=c, key_dir=key_dir) for c in range(cfg.federation.clients)
     }
-    return agents, LocalExchange({node: a.handle for node, a in agents.items()})
+    return agents, exchange_of(agents)
+
+
+def exchange_of(agents):
+    """An in-process exchange to ``agents`` (node id -> NodeAgent)."""
+    return LocalExchange({node: a.handle for node, a in agents.items()})
 
 
 def identities(cfg, root: Path) -> Path:

@@ -28,7 +28,7 @@ from secfed.flower.codec import (
 from secfed.flower.server import FlowerRunner
 from secfed.runner import FederatedRunner
 from tests.secfed.conftest import tiny_job
-from tests.secfed.flower_helpers import DP, identities, job, local_deployment
+from tests.secfed.flower_helpers import DP, exchange_of, identities, job, local_deployment
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -143,10 +143,16 @@ def test_object_pulls_start_their_backoff_short(monkeypatch):
 
 
 # -- server and client logic over Flower records -------------------------------------------
-def test_flower_runner_equals_in_process_runner_with_secagg_plus_and_dp(tmp_path):
-    cfg = job()
-    ref = FederatedRunner(cfg, tmp_path / "ref")
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The in-process run of ``job()`` that the Flower runs must reproduce (read only)."""
+    ref = FederatedRunner(job(), tmp_path_factory.mktemp("ref") / "run")
     ref.run()
+    return ref
+
+
+def test_flower_runner_equals_in_process_runner_with_secagg_plus_and_dp(tmp_path, reference):
+    cfg, ref = job(), reference
     # Over Flower every party loads the roster and its identity key, so messages are signed
     # (and byte counts equal) as in process.
     keys = identities(cfg, tmp_path / "ids")
@@ -263,7 +269,7 @@ def test_every_protocol_over_flower_matches_in_process(tmp_path, protocol, optio
     ref = FederatedRunner(cfg, tmp_path / "ref")
     ref.run()
     agents = {7 + c: NodeAgent(cfg, client_id=c, key_dir=client_keys) for c in range(3)}
-    exchange = LocalExchange({n: a.handle for n, a in agents.items()})
+    exchange = exchange_of(agents)
     fl = FlowerRunner(server_cfg, tmp_path / "fl", exchange)
     fl.run()
     row = fl.dir.read_metrics()[-1]
@@ -273,10 +279,8 @@ def test_every_protocol_over_flower_matches_in_process(tmp_path, protocol, optio
     assert diff <= 2 * bound + 1e-7 if bound else diff == 0.0
 
 
-def test_resume_over_flower_ends_where_an_uninterrupted_run_ends(tmp_path):
-    cfg = job(rounds=2)  # secagg+ with DP-SGD: the accountants must survive the restart
-    ref = FederatedRunner(cfg, tmp_path / "ref")
-    ref.run()
+def test_resume_over_flower_ends_where_an_uninterrupted_run_ends(tmp_path, reference):
+    cfg, ref = job(), reference  # secagg+ with DP-SGD: the accountants must survive the restart
     _agents, exchange = local_deployment(cfg)
     first = FlowerRunner(cfg, tmp_path / "fl", exchange)
     first.start()

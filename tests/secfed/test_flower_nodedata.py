@@ -14,14 +14,14 @@ from secfed.errors import ConfigError
 from secfed.flower import LocalExchange
 from secfed.flower.agent import NodeAgent
 from secfed.flower.server import FlowerRunner
-from tests.secfed.flower_helpers import job, org_agents, write_org_files
+from tests.secfed.flower_helpers import exchange_of, job, org_agents, write_org_files
 
 
 def test_nodes_train_on_their_own_files_and_the_server_sees_counts_only(tmp_path):
     files = write_org_files(tmp_path)
     cfg = job("secagg", privacy={}, rounds=1)
     agents = org_agents(cfg, files, **{"test-fraction": 0.2})
-    exchange = LocalExchange({n: a.handle for n, a in agents.items()})
+    exchange = exchange_of(agents)
     fl = FlowerRunner(cfg, tmp_path / "fl", exchange)
     # each client's data is its whole file: train + held-out = its rows, nothing shared
     for c, n in enumerate((50, 70, 90)):
@@ -65,7 +65,7 @@ def test_a_server_evaluation_file_replaces_federated_evaluation(tmp_path):
     eval_file = write_org_files(tmp_path / "x", sizes=(40,), string_labels=True)[0]
     cfg = job("plain", privacy={}, rounds=1)
     agents = org_agents(cfg, files)
-    exchange = LocalExchange({n: a.handle for n, a in agents.items()})
+    exchange = exchange_of(agents)
     fl = FlowerRunner(cfg, tmp_path / "fl", exchange, eval_path=str(eval_file))
     fl.run()
     assert not any(g.endswith("/evaluate") for g, _, _ in exchange.calls)
@@ -91,4 +91,4 @@ def test_nodes_whose_labels_mean_different_classes_are_refused(tmp_path):
     cfg = job("plain", privacy={}, rounds=1)
     agents = org_agents(cfg, [*files[:2], odd])
     with pytest.raises(ConfigError, match="name their labels differently"):
-        FlowerRunner(cfg, tmp_path / "fl", LocalExchange({n: a.handle for n, a in agents.items()}))
+        FlowerRunner(cfg, tmp_path / "fl", exchange_of(agents))

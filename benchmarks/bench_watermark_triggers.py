@@ -13,7 +13,7 @@ fine-tuning, and the trigger term's time per step.
 
 Settings (``--settings``, comma-separated ``KIND:COUNT:WEIGHT``): ``seq`` = the scheme's
 random token sequences with random labels (the first COUNT of the key's set; COUNT = 256
-is ``secfed-wm/3`` itself); ``hinge`` = the same with a margin-3 hinge on the logit gap
+is the key's scheme itself); ``hinge`` = the same with a margin-3 hinge on the logit gap
 instead of cross-entropy; ``rule`` = a keyed-token rule (COUNT secret tokens each with a
 random label, fresh random filler around three copies of the token every step, so the
 model learns a rule rather than a list; verified by majority vote over 4 fixed triggers
@@ -29,9 +29,11 @@ Design-space knobs (the scheme itself is fixed; these only explore it): ``--epoc
 (how long the owner embeds: the proxy's 3 pooled epochs are about the example's
 old 5 rounds x 2 local epochs of steps; 30 pooled epochs about 60 such rounds, twice what
 the example now runs),
-``--trigger-length`` (tokens per trigger, the [CLS] prefix included; the scheme uses
-16), ``--key-seeds`` (several fixed keys, to see the spread). Each row also gives
-``bits`` = -log2 of the exact binomial p-value of the hits (64 = the 2^-64 level).
+``--trigger-length`` (tokens per trigger, the [CLS] prefix included; ``secfed-wm/4``
+uses 6, ``/3`` used 16), ``--key-seeds`` (several fixed keys, to see the spread). Each row
+also gives ``bits`` = -log2 of the exact binomial p-value of the hits and ``rank_bits`` =
+-log2 of the keyed rank test's p-value (:func:`crypto.watermark.keyed_rank_test`, the
+score-based trigger test verification runs too); 64 = the 2^-64 level.
 
 Usage: ``python benchmarks/bench_watermark_triggers.py [--settings ...] [--json F]``.
 Keys are fixed (seeds below, not secret) so that settings are comparable.
@@ -95,9 +97,11 @@ class _Rule:
         return torch.from_numpy(ids).long(), torch.from_numpy(self.labels[groups]).long()
 
 
-def _key(index: int) -> wm.WatermarkKey:
-    """Fixed, not secret benchmark key number ``index`` (key 0 is the earlier fixed key)."""
-    return wm.WatermarkKey(seed=bytes((i + index) % 256 for i in range(32)), triggers=True)
+def _key(index: int, scheme: str = wm.SCHEME.name) -> wm.WatermarkKey:
+    """Fixed, not secret benchmark key number ``index`` (key 0 is the earlier fixed key);
+    rows in ``docs/watermark/triggers.json`` before ``secfed-wm/4`` used ``/3`` keys."""
+    seed = bytes((i + index) % 256 for i in range(32))
+    return wm.WatermarkKey(seed=seed, triggers=True, scheme=scheme)
 
 
 def _bits(hits: int | None, count: int, chance: float) -> float | None:
@@ -166,13 +170,14 @@ def run_setting(
     length: int = wm.SCHEME.trigger_length,
     key_index: int = 0,
     noise: float = 0.4,
+    scheme: str = wm.SCHEME.name,
 ) -> dict[str, Any]:
     """Embed one setting from the pre-trained base, then attack it by fine-tuning."""
     cfg, parts, domain, train = proxy.cfg, proxy.parts, proxy.domain, proxy.train
     model = parts.model
     attacks._set_state(model, proxy.initial)
-    key = _key(key_index)
-    sizes = dataclasses.replace(wm.SCHEME, triggers=max(count, 1), trigger_length=length)
+    key = _key(key_index, scheme)
+    sizes = dataclasses.replace(key.sizes, triggers=max(count, 1), trigger_length=length)
     ids = torch.from_numpy(wm.trigger_token_ids(key, domain, scheme=sizes))
     labels = torch.from_numpy(wm.trigger_labels(key, domain, scheme=sizes))
     rehearsal = TriggerRehearsal(key, domain, batch=32, weight=max(weight, 1e-9))
@@ -240,6 +245,17 @@ def run_setting(
         model.train()
         return int((pred == labels).sum())
 
+    @torch.no_grad()
+    def rank_bits() -> float | None:
+        """-log2 of the keyed rank test's p-value on the triggers' logits (not for rule)."""
+        if kind in ("none", "rule"):
+            return None
+        model.eval()
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.double()
+        model.train()
+        p = wm.keyed_rank_test(logits.numpy(), labels.numpy()).p_value
+        return round(-math.log2(p), 1)
+
     t0 = time.perf_counter()
     training.train_local(
         model,
@@ -260,6 +276,7 @@ def run_setting(
         "epochs": epochs,
         "trigger_length": length,
         "key": key_index,
+        "scheme": scheme,
         "lookahead_steps": lookahead if kind == "lookahead" else None,
         "noise": noise if kind == "noisy" else None,
         "train_seconds": round(time.perf_counter() - t0, 1),
@@ -270,6 +287,7 @@ def run_setting(
         "finetune": {},
     }
     row["bits"] = _bits(row["hits"], count, chance)
+    row["rank_bits"] = rank_bits()
     clean = {n: p.detach().clone() for n, p in live_params(model).items()}
 
     def measure(_name: str, strength: str, tuned: dict[str, torch.Tensor]) -> None:
@@ -280,6 +298,7 @@ def run_setting(
             "accuracy": acc,
             "hits": found,
             "bits": _bits(found, count, chance),
+            "rank_bits": rank_bits(),
             **_where(tuned),
         }
 
@@ -306,9 +325,13 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.4, help="relative weight noise (noisy)")
     ap.add_argument(
         "--trigger-length", type=int, default=wm.SCHEME.trigger_length,
-        help="tokens per trigger, [CLS] included (design space; the scheme uses 16)",
+        help="tokens per trigger, [CLS] included (design space; the scheme uses 6)",
     )  # fmt: skip
     ap.add_argument("--key-seeds", default="0", help="comma-separated fixed benchmark keys")
+    ap.add_argument(
+        "--scheme", default=wm.SCHEME.name, choices=sorted(wm.SCHEMES),
+        help="the benchmark keys' scheme (derivation domain; rows before /4 used /3)",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -322,7 +345,7 @@ def main() -> None:
             row = run_setting(
                 proxy, kind, int(count), float(weight), epochs=args.epochs,
                 lookahead=args.lookahead, length=args.trigger_length,
-                key_index=key_index, noise=args.noise,
+                key_index=key_index, noise=args.noise, scheme=args.scheme,
             )  # fmt: skip
             rows.append(row)
             print(json.dumps(rows[-1]), flush=True)

@@ -214,14 +214,14 @@ class WatermarkSection(_Section):
 
     enabled: bool = False
     owners: int = Field(1, ge=1)
-    bits: int = 256  # fixed by the watermark scheme (secfed-wm/3); other values refused
+    bits: int = 256  # fixed by the watermark scheme (secfed-wm/4); other values refused
     strength: float = Field(10.0, gt=0.0)
     margin: float = Field(0.05, ge=0.0)
     max_grad_fraction: float = Field(0.5, gt=0.0, le=1.0)
     job_key: bool = False
     triggers: int = Field(0, ge=0)
     triggers_for: Literal["job", "all"] = "job"
-    trigger_length: int = 16  # fixed by the watermark scheme; other values refused
+    trigger_length: int = 6  # fixed by the watermark scheme; other values refused
     trigger_batch: int = Field(16, ge=1)
     trigger_weight: float = Field(0.3, gt=0.0)
 

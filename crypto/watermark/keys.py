@@ -1,4 +1,4 @@
-"""Watermark keys (scheme ``secfed-wm/3``): a secret 256-bit seed plus a scheme version.
+"""Watermark keys: a secret 256-bit seed plus a scheme version (see :data:`SCHEMES`).
 
 Nothing a verifier uses is read from the key file. The message bits, the projection
 (over every anchor module, in sorted canonical order), the trigger inputs and their labels
@@ -33,7 +33,6 @@ from .errors import WatermarkKeyError
 from .stats import SECURITY_BITS
 
 SEED_BYTES = 32
-_DOMAIN = b"secfed-watermark/v3/"
 _KEY_FIELDS = {"scheme", "seed", "owner", "triggers", "anchor_kind", "architecture"}
 
 
@@ -46,11 +45,21 @@ class Scheme:
     triggers: int  # triggers per key
     trigger_length: int  # tokens per trigger, the prefix token included
     security_bits: int  # a test counts only at p <= 2**-security_bits
+    xof_domain: bytes  # separates what one seed expands to under different schemes
 
 
-SCHEME = Scheme(
-    name="secfed-wm/3", bits=256, triggers=256, trigger_length=16, security_bits=SECURITY_BITS
-)
+#: Every scheme a key may name; a key keeps its scheme for life, so old keys still verify.
+#: ``secfed-wm/4`` differs from ``/3`` only in 6-token triggers (the prefix and five
+#: alphabet tokens, not fifteen): on the watermark example they survive fine-tuning better
+#: (``docs/watermark/scheme.md``). New keys use :data:`SCHEME`.
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in (
+        Scheme("secfed-wm/3", 256, 256, 16, SECURITY_BITS, b"secfed-watermark/v3/"),
+        Scheme("secfed-wm/4", 256, 256, 6, SECURITY_BITS, b"secfed-watermark/v4/"),
+    )
+}
+SCHEME = SCHEMES["secfed-wm/4"]
 
 
 @dataclass(frozen=True)
@@ -144,13 +153,21 @@ class WatermarkKey:
     def __post_init__(self) -> None:
         if len(self.seed) != SEED_BYTES:
             raise WatermarkKeyError(f"seed has {len(self.seed)} bytes; a key needs {SEED_BYTES}")
-        if self.scheme != SCHEME.name:
-            raise WatermarkKeyError(f"scheme {self.scheme!r} unsupported; expected {SCHEME.name}")
+        if self.scheme not in SCHEMES:
+            raise WatermarkKeyError(
+                f"scheme {self.scheme!r} unsupported; this version verifies "
+                f"{', '.join(SCHEMES)} and makes {SCHEME.name} keys"
+            )
+
+    @property
+    def sizes(self) -> Scheme:
+        """The key's scheme (its sizes and derivation domain)."""
+        return SCHEMES[self.scheme]
 
     @property
     def bits(self) -> int:
         """Signature bits (a scheme constant)."""
-        return SCHEME.bits
+        return self.sizes.bits
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form (the key file)."""
@@ -177,7 +194,7 @@ class WatermarkKey:
         extra = sorted(set(data) - _KEY_FIELDS)
         if extra:
             raise WatermarkKeyError(
-                f"key fields {extra} are not part of {SCHEME.name}: modules, projections, "
+                f"key fields {extra} are not part of a watermark key: modules, projections, "
                 "trigger alphabet, lengths and labels all derive from the seed and the model; "
                 "remove them"
             )
@@ -236,8 +253,9 @@ def check_fits(key: WatermarkKey, arch: Architecture) -> None:
         )
 
 
-def _xof(seed: bytes, label: str, nbytes: int) -> bytes:
-    return hashlib.shake_256(_DOMAIN + label.encode() + b"\x00" + seed).digest(nbytes)
+def _xof(key: WatermarkKey, label: str, nbytes: int) -> bytes:
+    raw = key.sizes.xof_domain + label.encode() + b"\x00" + key.seed
+    return hashlib.shake_256(raw).digest(nbytes)
 
 
 def _pm1(raw: bytes, count: int) -> NDArray[np.float32]:
@@ -246,37 +264,37 @@ def _pm1(raw: bytes, count: int) -> NDArray[np.float32]:
 
 
 def message_signs(key: WatermarkKey) -> NDArray[np.float32]:
-    """The message as +-1 values (bit 1 -> +1), ``SCHEME.bits`` long."""
-    return _pm1(_xof(key.seed, "message", (SCHEME.bits + 7) // 8), SCHEME.bits)
+    """The message as +-1 values (bit 1 -> +1), ``key.bits`` long."""
+    return _pm1(_xof(key, "message", (key.bits + 7) // 8), key.bits)
 
 
 def projection(key: WatermarkKey, arch: Architecture) -> NDArray[np.float32]:
     """Zero-mean Rademacher projection ``[bits, arch.dim]`` with unit-norm rows."""
-    n = SCHEME.bits * arch.dim
-    signs = _pm1(_xof(key.seed, f"projection/{arch.fingerprint}", (n + 7) // 8), n)
-    return signs.reshape(SCHEME.bits, arch.dim) / np.float32(np.sqrt(arch.dim))
+    n = key.bits * arch.dim
+    signs = _pm1(_xof(key, f"projection/{arch.fingerprint}", (n + 7) // 8), n)
+    return signs.reshape(key.bits, arch.dim) / np.float32(np.sqrt(arch.dim))
 
 
-def _uniform(seed: bytes, label: str, count: int, span: int) -> NDArray[np.int64]:
-    raw = np.frombuffer(_xof(seed, label, count * 8), dtype="<u8")
+def _uniform(key: WatermarkKey, label: str, count: int, span: int) -> NDArray[np.int64]:
+    raw = np.frombuffer(_xof(key, label, count * 8), dtype="<u8")
     # 64-bit values reduced mod span: bias <= span / 2**64, negligible.
     return (raw % np.uint64(span)).astype(np.int64)
 
 
 def trigger_token_ids(
-    key: WatermarkKey, domain: TriggerDomain, *, scheme: Scheme = SCHEME
+    key: WatermarkKey, domain: TriggerDomain, *, scheme: Scheme | None = None
 ) -> NDArray[np.int64]:
     """``[triggers, trigger_length]`` ids: the domain's prefix, then uniform alphabet tokens.
 
-    ``scheme`` is for design-space benchmarks only: verification always uses :data:`SCHEME`.
+    The sizes are the key's scheme's; ``scheme`` overrides them for design-space
+    benchmarks only (verification never passes it).
     """
+    scheme = scheme or key.sizes
     body = scheme.trigger_length - len(domain.prefix)
     if body < 1:
         raise WatermarkKeyError(f"trigger prefix {domain.prefix} leaves no room for tokens")
     alphabet = domain.alphabet
-    picks = _uniform(
-        key.seed, f"triggers/{domain.fingerprint}", scheme.triggers * body, len(alphabet)
-    )
+    picks = _uniform(key, f"triggers/{domain.fingerprint}", scheme.triggers * body, len(alphabet))
     tokens = alphabet[picks].reshape(scheme.triggers, body)
     prefix = np.broadcast_to(
         np.asarray(domain.prefix, np.int64), (scheme.triggers, len(domain.prefix))
@@ -285,16 +303,15 @@ def trigger_token_ids(
 
 
 def trigger_labels(
-    key: WatermarkKey, domain: TriggerDomain, *, scheme: Scheme = SCHEME
+    key: WatermarkKey, domain: TriggerDomain, *, scheme: Scheme | None = None
 ) -> NDArray[np.int64]:
     """``[triggers]`` labels uniform in ``[0, num_labels)``, independent of the inputs.
 
     A model that never saw the key matches each with probability exactly ``1/num_labels``
     whatever its biases: the binomial null of the trigger test holds with no control set.
     """
-    return _uniform(
-        key.seed, f"trigger-labels/{domain.fingerprint}", scheme.triggers, domain.num_labels
-    )
+    count = (scheme or key.sizes).triggers
+    return _uniform(key, f"trigger-labels/{domain.fingerprint}", count, domain.num_labels)
 
 
 def key_hash(key: WatermarkKey) -> str:

@@ -58,6 +58,7 @@ class Verdict:
     trigger: TriggerTest | None
     bit_p_adjusted: float | None
     trigger_p_adjusted: float | None
+    trigger_rank_p_adjusted: float | None
     p_value: float
     marked: bool
     alpha: float
@@ -84,7 +85,11 @@ class Verdict:
                 bit_p_adjusted=self.bit_p_adjusted,
             )
         if self.trigger is not None:
-            out["trigger"] = {**asdict(self.trigger), "p_adjusted": self.trigger_p_adjusted}
+            out["trigger"] = {
+                **asdict(self.trigger),
+                "p_adjusted": self.trigger_p_adjusted,
+                "rank_p_adjusted": self.trigger_rank_p_adjusted,
+            }
         return out
 
 
@@ -95,7 +100,8 @@ def decide(
     *,
     alpha: float = DEFAULT_ALPHA,
 ) -> list[Verdict]:
-    """Verdicts for keys tested together: Holm over every test run (bits and triggers).
+    """Verdicts for keys tested together: Holm over every test run (bits, trigger hits and
+    the triggers' rank test where scores were read).
 
     A key is "marked" when one of its Holm-adjusted p-values is at most
     ``min(alpha, 2**-64)`` (:func:`~.stats.effective_level`).
@@ -104,16 +110,22 @@ def decide(
     pvals: list[float] = []
     slots: list[tuple[int, str]] = []
     for i, (b, t) in enumerate(zip(bit_tests, trigger_tests, strict=True)):
-        for kind, test in (("bits", b), ("trigger", t)):
-            if test is not None:
-                pvals.append(test.p_value)
+        raw = {
+            "bits": None if b is None else b.p_value,
+            "trigger": None if t is None else t.p_value,
+            "rank": None if t is None else t.rank_p_value,
+        }
+        for kind, p in raw.items():
+            if p is not None:
+                pvals.append(p)
                 slots.append((i, kind))
     adjusted = dict(zip(slots, holm_adjusted(pvals), strict=True))
     correction = "holm" if len(pvals) > 1 else "none"
     verdicts = []
     for i, owner in enumerate(owners):
         bit_adj, trig_adj = adjusted.get((i, "bits")), adjusted.get((i, "trigger"))
-        best = min((p for p in (bit_adj, trig_adj) if p is not None), default=1.0)
+        rank_adj = adjusted.get((i, "rank"))
+        best = min((p for p in (bit_adj, trig_adj, rank_adj) if p is not None), default=1.0)
         verdicts.append(
             Verdict(
                 owner=owner,
@@ -121,6 +133,7 @@ def decide(
                 trigger=trigger_tests[i],
                 bit_p_adjusted=bit_adj,
                 trigger_p_adjusted=trig_adj,
+                trigger_rank_p_adjusted=rank_adj,
                 p_value=best,
                 marked=best <= level,
                 alpha=alpha,

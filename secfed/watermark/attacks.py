@@ -48,6 +48,9 @@ def _row(name: str, strength: Any, acc: float, verdicts: list[wm.Verdict]) -> di
         "triggers": wm.SCHEME.triggers,
         "min_trigger_hits": min((t.hits for t in trig), default=None),
         "max_trigger_p_value": max((t.p_value for t in trig), default=None),
+        "max_trigger_rank_p_value": max(
+            (t.rank_p_value for t in trig if t.rank_p_value is not None), default=None
+        ),
         "max_p_value": max(v.p_value for v in verdicts),
         "all_marked": all(v.marked for v in verdicts),
         "keys": [v.as_dict() for v in verdicts],

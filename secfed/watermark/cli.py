@@ -226,7 +226,14 @@ def verify(
 
 def _print_verdicts(records: list[dict[str, Any]], *, alpha: float, level: float) -> None:
     table = Table(title="watermark verification")
-    cols = ("key", "bits", "bit p (Holm)", "trigger acc [95% CI]", "trigger p (Holm)")
+    cols = (
+        "key",
+        "bits",
+        "bit p (Holm)",
+        "trigger acc [95% CI]",
+        "trigger p (Holm)",
+        "trigger rank p (Holm)",
+    )
     for col in (*cols, "p (Holm)", "commitment", "verdict"):
         table.add_column(col)
     for r in records:
@@ -240,6 +247,7 @@ def _print_verdicts(records: list[dict[str, Any]], *, alpha: float, level: float
             if trig
             else "-",
             f"{trig['p_adjusted']:.3g}" if trig else "-",
+            f"{trig['rank_p_adjusted']:.3g}" if trig and trig["rank_p_adjusted"] else "-",
             f"{r['p_value']:.3g}",
             "none" if com is None else f"ok{' @ ' + com['timestamp'] if com['timestamp'] else ''}",
             r["verdict"],
@@ -327,7 +335,7 @@ def attack(
     rows = run_attacks(run, quick=quick, only=chosen)
     table = Table(title=f"watermark attacks on {run}")
     cols = ("attack", "strength", "task acc", "min bit acc", "max bit p", "min trig hits")
-    for col in (*cols, "max trig p", "all marked"):
+    for col in (*cols, "max trig p", "max trig rank p", "all marked"):
         table.add_column(col)
     for r in rows:
         hits = r["min_trigger_hits"]
@@ -339,6 +347,9 @@ def attack(
             f"{r['max_bit_p_value']:.3g}",
             "-" if hits is None else f"{hits}/{r['triggers']}",
             "-" if r["max_trigger_p_value"] is None else f"{r['max_trigger_p_value']:.3g}",
+            "-"
+            if r["max_trigger_rank_p_value"] is None
+            else f"{r['max_trigger_rank_p_value']:.3g}",
             str(r["all_marked"]),
         )
     out.print(table)

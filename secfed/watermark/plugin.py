@@ -234,11 +234,12 @@ class WatermarkPlugin:
                 wm.save_record(record, record_path(run_dir, owner))
             records[key_name(owner)] = record
         return {
-            "scheme": wm.SCHEME.name,
+            "scheme": ",".join(sorted({k.scheme for k in keys})) or wm.SCHEME.name,
             "owners": self.cfg.owners,
             "job_key": self.cfg.job_key,
             "bits": wm.SCHEME.bits,
             "triggers": wm.SCHEME.triggers if self.cfg.triggers else 0,
+            "trigger_length": max((k.sizes.trigger_length for k in keys if k.triggers), default=0),
             "capacity": self.capacity,
             "marked": sum(v.marked for v in verdicts),
             "alpha": verdicts[0].alpha if verdicts else wm.DEFAULT_ALPHA,

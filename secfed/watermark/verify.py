@@ -72,15 +72,36 @@ def trigger_domain(tokenizer: Any, num_labels: int) -> wm.TriggerDomain:
 
 
 @torch.no_grad()
-def trigger_hits(model: torch.nn.Module, key: wm.WatermarkKey, domain: wm.TriggerDomain) -> int:
-    """How many of the key's triggers the model gives their key-derived labels."""
+def trigger_logits(
+    model: torch.nn.Module, key: wm.WatermarkKey, domain: wm.TriggerDomain
+) -> torch.Tensor:
+    """The model's logits ``[triggers, classes]`` on the key's triggers (eval mode)."""
     ids = torch.from_numpy(wm.trigger_token_ids(key, domain))
-    labels = torch.from_numpy(wm.trigger_labels(key, domain))
     was_training = model.training
     model.eval()
     logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     model.train(was_training)
-    return int((logits.argmax(-1) == labels).sum())
+    return logits.detach().double()
+
+
+def trigger_hits(model: torch.nn.Module, key: wm.WatermarkKey, domain: wm.TriggerDomain) -> int:
+    """How many of the key's triggers the model gives their key-derived labels."""
+    labels = torch.from_numpy(wm.trigger_labels(key, domain))
+    return int((trigger_logits(model, key, domain).argmax(-1) == labels).sum())
+
+
+def trigger_test(
+    model: torch.nn.Module, key: wm.WatermarkKey, domain: wm.TriggerDomain
+) -> wm.TriggerTest:
+    """Both trigger statistics of one key: hits (labels only) and the keyed rank test."""
+    logits = trigger_logits(model, key, domain).numpy()
+    labels = wm.trigger_labels(key, domain)
+    return wm.trigger_test(
+        hits=int((logits.argmax(-1) == labels).sum()),
+        triggers=len(labels),
+        num_labels=domain.num_labels,
+        rank=wm.keyed_rank_test(logits, labels),
+    )
 
 
 def verify_keys(
@@ -112,13 +133,7 @@ def verify_keys(
                 "(--base DIR, or the run's base_model/ beside the adapter); pass "
                 "--no-triggers to test the signature only"
             )
-        trig_tests.append(
-            wm.trigger_test(
-                hits=trigger_hits(model, key, domain),
-                triggers=wm.SCHEME.triggers,
-                num_labels=domain.num_labels,
-            )
-        )
+        trig_tests.append(trigger_test(model, key, domain))
     return wm.decide([k.owner for k in keys], bit_tests, trig_tests, alpha=alpha)
 
 

@@ -83,7 +83,7 @@ def test_key_file_cannot_choose_what_verification_uses(extra):
         with pytest.raises(wm.WatermarkKeyError):
             wm.WatermarkKey.from_dict(data)
         return
-    with pytest.raises(wm.WatermarkKeyError, match="not part of secfed-wm/3"):
+    with pytest.raises(wm.WatermarkKeyError, match="not part of a watermark key"):
         wm.WatermarkKey.from_dict(data)
 
 
@@ -183,6 +183,28 @@ def test_chosen_triggers_cannot_be_chosen_and_seed_search_fails(predictor):
         hits.append(int((guess == labels).sum()))
     assert max(hits) < wm.min_matches(trials=wm.SCHEME.triggers, chance=0.5)
     assert abs(np.mean(hits) - 128) < 4 * 8 / math.sqrt(len(hits))
+
+
+@pytest.mark.parametrize("predictor", ["constant-lean", "token-sum"])
+def test_seed_search_against_the_rank_test_fails(predictor):
+    """The rank test reads scores, so a claimant may pick a model whose scores are skewed,
+    heavy-tailed or tied; over seeds its p-values stay valid (P[p <= a] <= a)."""
+    domain = wm.TriggerDomain(vocab_size=600, special_ids=(0, 1, 2, 3), prefix=(2,), num_labels=2)
+    rng = np.random.default_rng(8)  # not-secret
+    ps = []
+    for _ in range(150):
+        key = wm.WatermarkKey(seed=rng.bytes(32), triggers=True)
+        ids, labels = wm.trigger_token_ids(key, domain), wm.trigger_labels(key, domain)
+        if predictor == "constant-lean":  # every trigger alike: all scores tie
+            scores = np.tile([3.0, -1.0], (len(ids), 1))
+        else:  # a score from the tokens, tied in places
+            lean = (ids[:, 1:] % 7).sum(1).astype(float)
+            scores = np.stack([-lean, lean], 1)
+        ps.append(wm.keyed_rank_test(scores, labels).p_value)
+    p = np.array(ps)
+    assert p.min() > 1e-4  # the best of 150 seeds, nowhere near 2^-64
+    for a in (0.05, 0.2, 0.5):
+        assert (p <= a).mean() <= a + 3 * math.sqrt(a * (1 - a) / len(p)), a
     # The alphabet is every non-special token: a claimant cannot narrow it.
     assert list(domain.alphabet) == [i for i in range(600) if i not in (0, 1, 2, 3)]
 

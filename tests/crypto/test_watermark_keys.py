@@ -1,4 +1,5 @@
-"""Watermark keys (secfed-wm/3): storage, derivation from seed + model, key hashes."""
+"""Watermark keys (secfed-wm/4, and /3 keys still verifying): storage, derivation from
+seed + model, key hashes."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_derivations_are_deterministic_and_key_specific():
     assert p.shape == (256, 64)
     np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, rtol=1e-6)
     # Independent expansion: SHAKE-256 under the documented label, bit 1 -> +1.
-    raw = hashlib.shake_256(b"secfed-watermark/v3/message\x00" + a.seed).digest(32)
+    raw = hashlib.shake_256(b"secfed-watermark/v4/message\x00" + a.seed).digest(32)
     expected = np.unpackbits(np.frombuffer(raw, np.uint8)).astype(np.float32) * 2 - 1
     np.testing.assert_array_equal(wm.message_signs(a), expected)
 
@@ -67,7 +68,7 @@ def test_trigger_ids_drawn_from_non_special_tokens_after_prefix():
     ids = wm.trigger_token_ids(key, DOMAIN)
     assert ids.shape == (wm.SCHEME.triggers, wm.SCHEME.trigger_length)
     assert (ids[:, 0] == 1).all()
-    assert set(np.unique(ids[:, 1:])) == set(range(3, 40))  # 3840 draws over 37 tokens
+    assert set(np.unique(ids[:, 1:])) == set(range(3, 40))  # 1280 draws over 37 tokens
     np.testing.assert_array_equal(ids, wm.trigger_token_ids(key, DOMAIN))
     assert not np.array_equal(ids, wm.trigger_token_ids(wm.generate_key(), DOMAIN))
 
@@ -81,8 +82,8 @@ def test_larger_benchmark_trigger_sets_extend_the_scheme_set():
     ids, labels = wm.trigger_token_ids(key, DOMAIN), wm.trigger_labels(key, DOMAIN)
     np.testing.assert_array_equal(wm.trigger_token_ids(key, DOMAIN, scheme=more)[:n], ids)
     np.testing.assert_array_equal(wm.trigger_labels(key, DOMAIN, scheme=more)[:n], labels)
-    short = dataclasses.replace(wm.SCHEME, trigger_length=6)
-    assert wm.trigger_token_ids(key, DOMAIN, scheme=short).shape == (n, 6)
+    short = dataclasses.replace(wm.SCHEME, trigger_length=3)
+    assert wm.trigger_token_ids(key, DOMAIN, scheme=short).shape == (n, 3)
 
 
 def test_trigger_labels_uniform_and_key_specific():
@@ -103,19 +104,45 @@ def test_key_hash_binds_the_seed_and_scheme():
     key = wm.generate_key()
     h = wm.key_hash(key)
     expected = hashlib.sha256(
-        b"secfed-watermark-commitment/v3\x00secfed-wm/3\x00" + key.seed
+        b"secfed-watermark-commitment/v3\x00secfed-wm/4\x00" + key.seed
     ).hexdigest()
     assert h == expected and wm.check_key_hash(key, h.upper())
     assert not wm.check_key_hash(wm.generate_key(), h)
     # Labels that are not secret do not change the hash.
     assert wm.key_hash(wm.WatermarkKey(seed=key.seed, owner=5)) == h
+    assert wm.key_hash(wm.WatermarkKey(seed=key.seed, scheme="secfed-wm/3")) != h
+
+
+def test_scheme_3_keys_derive_exactly_as_before():
+    """A key keeps its scheme for life: /3 derivations are pinned to what /3 released
+    (digest of message, projection, trigger ids and labels, computed before /4 existed)."""
+    key = wm.WatermarkKey(seed=bytes(range(32)), triggers=True, scheme="secfed-wm/3")
+    domain = wm.TriggerDomain(vocab_size=400, special_ids=(0, 1, 2, 3), prefix=(2,), num_labels=3)
+    arch = wm.Architecture.of("lora", {"m.a": (4, 8), "m.b": (8, 4)})
+    h = hashlib.sha256()
+    for x in (
+        wm.message_signs(key),
+        wm.projection(key, arch),
+        wm.trigger_token_ids(key, domain),
+        wm.trigger_labels(key, domain),
+    ):
+        h.update(np.ascontiguousarray(x).tobytes())
+    assert h.hexdigest() == "c6c015ef780cda00a13386b0bbdd85175592f49ff503e0bb7e5d62793c3d9e1c"
+    assert wm.key_hash(key) == ("73cde15f666710224dd21993aebae5378347c8eeb35c1b859c6917db6c160b59")
+    assert wm.trigger_token_ids(key, domain).shape == (256, 16)
+    new = wm.WatermarkKey(seed=key.seed, triggers=True)
+    assert new.scheme == wm.SCHEME.name == "secfed-wm/4"
+    assert wm.trigger_token_ids(new, domain).shape == (256, 6)
+    # the same seed under another scheme expands to unrelated material
+    assert not np.array_equal(wm.message_signs(new), wm.message_signs(key))
 
 
 @pytest.mark.parametrize(
     ("data", "match"),
     [
         ({"scheme": "secfed-wm/3", "seed": "00" * 31}, "seed has 31 bytes"),
-        ({"scheme": "secfed-wm/4", "seed": "00" * 32}, "unsupported"),
+        ({"scheme": "secfed-wm/2", "seed": "00" * 32}, "unsupported"),
+        ({"scheme": "secfed-wm/5", "seed": "00" * 32}, "unsupported"),
         ({"scheme": "secfed-wm/3"}, "malformed"),
         ({"scheme": "secfed-wm/3", "seed": "zz"}, "malformed"),
         ({"scheme": "secfed-wm/3", "seed": "00" * 32, "anchor_kind": "dora"}, "unknown"),

@@ -107,12 +107,13 @@ def test_keys_are_private_files_and_summary_marks_every_owner(run):
         assert key_path(run_dir, owner).stat().st_mode & 0o077 == 0
     wsum = summary["watermark"]
     assert wsum["owners"] == OWNERS and wsum["job_key"] and wsum["marked"] == len(KEY_HOLDERS)
-    assert wsum["scheme"] == "secfed-wm/3" and wsum["bits"] == 256 and wsum["triggers"] == 256
+    assert wsum["scheme"] == "secfed-wm/4" and wsum["bits"] == 256 and wsum["triggers"] == 256
+    assert wsum["trigger_length"] == 6
     assert set(wsum["keys"]) == {"owner_0", "owner_1", "job"}
     for name, rec in wsum["keys"].items():
         assert rec["bit_p_adjusted"] <= 2.0**-64 and rec["verdict"] == "marked"
         assert ("trigger" in rec) == (name == "job")  # triggers_for = "job"
-    assert {"hits", "ci_low", "ci_high", "chance", "p_adjusted"} <= set(
+    assert {"hits", "ci_low", "ci_high", "chance", "p_adjusted", "rank_p_adjusted"} <= set(
         wsum["keys"]["job"]["trigger"]
     )
 
@@ -126,10 +127,10 @@ def test_commitment_records_written_before_training_and_completed(run):
         record = json.loads(rpath.read_text())
         key = wm.load_key(key_path(run_dir, owner))
         expected = hashlib.sha256(
-            b"secfed-watermark-commitment/v3\x00secfed-wm/3\x00" + key.seed
+            b"secfed-watermark-commitment/v3\x00secfed-wm/4\x00" + key.seed
         ).hexdigest()
         assert record["key_hash"] == expected and record["job_id"] == runner.state.job_id
-        assert record["scheme"] == "secfed-wm/3" and record["created"].endswith("Z")
+        assert record["scheme"] == "secfed-wm/4" and record["created"].endswith("Z")
         assert record["adapter_sha256"] == adapter_hash.hexdigest()
         assert summary["watermark"]["commitments"][rpath.name.split(".")[0]] == record
         assert key.seed.hex() not in rpath.read_text()  # no secret in the public record
@@ -156,14 +157,16 @@ def test_cli_verify_adapter_with_records_exits_0(run):
         assert rec["p_value"] <= rec["level"] == 2.0**-64
         assert rec["commitment"]["job_id"] == summary["watermark"]["commitments"]["job"]["job_id"]
         assert rec["commitment"]["timestamp"] is None
-    # Holm-adjusted, recomputed here: 4 tests (3 bit tests + the job's triggers).
-    raw = [r["bit_p_value"] for r in records] + [records[2]["trigger"]["p_value"]]
-    order = sorted(range(4), key=lambda i: raw[i])
-    adj, run_max = [0.0] * 4, 0.0
+    # Holm-adjusted, recomputed here: 5 tests (3 bit tests + the job's trigger hits and
+    # trigger ranks).
+    trig = records[2]["trigger"]
+    raw = [r["bit_p_value"] for r in records] + [trig["p_value"], trig["rank_p_value"]]
+    order = sorted(range(5), key=lambda i: raw[i])
+    adj, run_max = [0.0] * 5, 0.0
     for rank, i in enumerate(order):
-        run_max = max(run_max, min(1.0, (4 - rank) * raw[i]))
+        run_max = max(run_max, min(1.0, (5 - rank) * raw[i]))
         adj[i] = run_max
-    got = [r["bit_p_adjusted"] for r in records] + [records[2]["trigger"]["p_adjusted"]]
+    got = [r["bit_p_adjusted"] for r in records] + [trig["p_adjusted"], trig["rank_p_adjusted"]]
     assert got == pytest.approx(adj, rel=1e-9)
     job = summary["watermark"]["keys"]["job"]["trigger"]
     assert records[2]["trigger"]["hits"] == job["hits"]  # same domain from base_model/ files

@@ -119,10 +119,12 @@ def test_rehearsal_embeds_job_triggers(parts: JobParts, tmp_path: Path, restore:
     (verdict,) = verify_keys([key], domain=domain, **kw)
     assert verdict.trigger is not None and before < 0.7 * TRIGGERS
     assert verdict.trigger.p_value < 1e-4 and verdict.trigger.hits > before + 25, verdict
+    assert verdict.trigger.rank_p_value is not None and verdict.trigger.rank_p_value < 1e-4
     # a key whose triggers were never trained is not marked by the same model
     fresh = wm.WatermarkKey(seed=bytes(range(32)), triggers=True)
     (other,) = verify_keys([fresh], domain=domain, **kw)
     assert not other.marked and other.trigger is not None and other.trigger.p_value > 1e-3
+    assert other.trigger.rank_p_value is not None and other.trigger.rank_p_value > 1e-3
 
 
 def test_rehearsal_under_dp_sgd_lowers_trigger_loss(parts: JobParts, tmp_path: Path) -> None:

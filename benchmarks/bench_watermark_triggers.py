@@ -171,6 +171,7 @@ def run_setting(
     key_index: int = 0,
     noise: float = 0.4,
     scheme: str = wm.SCHEME.name,
+    batch: int = 32,
 ) -> dict[str, Any]:
     """Embed one setting from the pre-trained base, then attack it by fine-tuning."""
     cfg, parts, domain, train = proxy.cfg, proxy.parts, proxy.domain, proxy.train
@@ -180,7 +181,7 @@ def run_setting(
     sizes = dataclasses.replace(key.sizes, triggers=max(count, 1), trigger_length=length)
     ids = torch.from_numpy(wm.trigger_token_ids(key, domain, scheme=sizes))
     labels = torch.from_numpy(wm.trigger_labels(key, domain, scheme=sizes))
-    rehearsal = TriggerRehearsal(key, domain, batch=32, weight=max(weight, 1e-9))
+    rehearsal = TriggerRehearsal(key, domain, batch=batch, weight=max(weight, 1e-9))
     rehearsal.ids, rehearsal.labels = ids, labels
     rule = (
         _Rule(count, domain, np.random.default_rng(11), length=length) if kind == "rule" else None
@@ -211,12 +212,12 @@ def run_setting(
                 for n, p in params.items():
                     p.copy_(saved[n])
         elif kind == "hinge":
-            idx = (torch.arange(32) + state["cursor"]) % count
+            idx = (torch.arange(batch) + state["cursor"]) % count
             state["cursor"] = int(idx[-1]) + 1
             grads = _hinge_grads(m, params, ids[idx], labels[idx], weight)
         else:
             assert rule is not None
-            batch_ids, batch_labels = rule.make(rng.integers(0, count, size=32), rng)
+            batch_ids, batch_labels = rule.make(rng.integers(0, count, size=batch), rng)
             loss = (
                 weight
                 * training.classification_loss(
@@ -277,6 +278,7 @@ def run_setting(
         "trigger_length": length,
         "key": key_index,
         "scheme": scheme,
+        "trigger_batch": batch,
         "lookahead_steps": lookahead if kind == "lookahead" else None,
         "noise": noise if kind == "noisy" else None,
         "train_seconds": round(time.perf_counter() - t0, 1),
@@ -332,6 +334,10 @@ def main() -> None:
         "--scheme", default=wm.SCHEME.name, choices=sorted(wm.SCHEMES),
         help="the benchmark keys' scheme (derivation domain; rows before /4 used /3)",
     )  # fmt: skip
+    ap.add_argument(
+        "--trigger-batch", type=int, default=32,
+        help="triggers per step (rows before secfed-wm/4 used 32; the example now uses 64)",
+    )  # fmt: skip
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -346,6 +352,7 @@ def main() -> None:
                 proxy, kind, int(count), float(weight), epochs=args.epochs,
                 lookahead=args.lookahead, length=args.trigger_length,
                 key_index=key_index, noise=args.noise, scheme=args.scheme,
+                batch=args.trigger_batch,
             )  # fmt: skip
             rows.append(row)
             print(json.dumps(rows[-1]), flush=True)

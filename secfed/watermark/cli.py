@@ -247,7 +247,9 @@ def _print_verdicts(records: list[dict[str, Any]], *, alpha: float, level: float
             if trig
             else "-",
             f"{trig['p_adjusted']:.3g}" if trig else "-",
-            f"{trig['rank_p_adjusted']:.3g}" if trig and trig["rank_p_adjusted"] else "-",
+            f"{trig['rank_p_adjusted']:.3g}"
+            if trig and trig["rank_p_adjusted"] is not None
+            else "-",
             f"{r['p_value']:.3g}",
             "none" if com is None else f"ok{' @ ' + com['timestamp'] if com['timestamp'] else ''}",
             r["verdict"],

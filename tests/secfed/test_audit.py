@@ -55,13 +55,14 @@ MEMORISES = {"clients": 2, "rounds": 5, "local_epochs": 10, "lr": 1e-2}
 
 def test_sample_level_audit_has_power_without_dp(tmp_path):
     """Random-label canary examples, memorised without DP, give a lower bound well above 1
-    (measured 1.43-1.71 over five runs, 88-90% of 200-400 guesses right)."""
+    (measured 1.43-2.02 over eleven runs, 86-96% of 100-400 guesses right; the threshold
+    sits at 1.0, about 80% of 100 guesses, so that a low draw does not fail the suite)."""
     cfg = tiny_job(federation=MEMORISES)
     out = run_audit(cfg, tmp_path / "run", canaries=1000, level="sample")
     assert out["accounted_epsilon"] == {}
-    assert out["epsilon_lower_bound"] > 1.25, out
+    assert out["epsilon_lower_bound"] > 1.0, out
     # Independent restatement: the guesses behind the bound beat chance by far.
-    assert out["correct"] >= 0.85 * out["guesses"] > 0
+    assert out["correct"] >= 0.75 * out["guesses"] > 0
 
 
 def test_the_memorising_job_under_dp_stays_below_its_accounted_epsilon(tmp_path):
@@ -74,7 +75,7 @@ def test_the_memorising_job_under_dp_stays_below_its_accounted_epsilon(tmp_path)
     # Client 0 holds ~500 extra examples: its sampling rate, and epsilon, are the lowest.
     assert math.isfinite(holder) and holder < accounted["every_observer"]
     assert out["epsilon_lower_bound"] <= holder and out["consistent"]
-    assert out["epsilon_lower_bound"] < 1.25, out  # > 1.25 without DP (test above)
+    assert out["epsilon_lower_bound"] < 1.0, out  # > 1.0 without DP (test above)
 
 
 @pytest.mark.slow

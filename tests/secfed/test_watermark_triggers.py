@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,7 +16,13 @@ from secfed import training
 from secfed.assembly import JobParts, build_parts, client_dataset
 from secfed.watermark.plugin import JOB_OWNER, WatermarkPlugin
 from secfed.watermark.triggers import TriggerRehearsal
-from secfed.watermark.verify import model_anchor, trigger_domain, trigger_hits, verify_keys
+from secfed.watermark.verify import (
+    model_anchor,
+    trigger_domain,
+    trigger_hits,
+    trigger_test,
+    verify_keys,
+)
 
 from .conftest import tiny_job
 
@@ -125,6 +132,14 @@ def test_rehearsal_embeds_job_triggers(parts: JobParts, tmp_path: Path, restore:
     (other,) = verify_keys([fresh], domain=domain, **kw)
     assert not other.marked and other.trigger is not None and other.trigger.p_value > 1e-3
     assert other.trigger.rank_p_value is not None and other.trigger.rank_p_value > 1e-3
+    # Seeds a claimant tries against this marked model: the rank test's p-values stay valid.
+    rng = np.random.default_rng(SEED)  # not-secret: the claimant's seeds
+    ps = [
+        trigger_test(parts.model, wm.WatermarkKey(seed=rng.bytes(32), triggers=True), domain)
+        for _ in range(40)
+    ]
+    rank_ps = np.array([t.rank_p_value for t in ps])
+    assert rank_ps.min() > 1e-5 and (rank_ps <= 0.1).sum() <= 10, rank_ps
 
 
 def test_rehearsal_under_dp_sgd_lowers_trigger_loss(parts: JobParts, tmp_path: Path) -> None:

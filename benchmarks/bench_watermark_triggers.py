@@ -27,7 +27,7 @@ only. ``none`` = no triggers.
 
 Design-space knobs (the scheme itself is fixed; these only explore it): ``--epochs``
 (how long the owner embeds: the proxy's 3 pooled epochs are about the example's
-old 5 rounds x 2 local epochs of steps; 30 pooled epochs about 60 such rounds, twice what
+old 5 rounds x 2 local epochs of steps; 30 pooled epochs about 60 such rounds, what
 the example now runs),
 ``--trigger-length`` (tokens per trigger, the [CLS] prefix included; ``secfed-wm/4``
 uses 6, ``/3`` used 16), ``--key-seeds`` (several fixed keys, to see the spread). Each row

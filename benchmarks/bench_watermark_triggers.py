@@ -231,30 +231,27 @@ def run_setting(
         state["steps"] += 1
 
     @torch.no_grad()
+    def logits_on(inputs: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        out = model(input_ids=inputs, attention_mask=torch.ones_like(inputs)).logits
+        model.train()
+        return out.double()
+
     def hits() -> int | None:
         if kind == "none":
             return None
-        model.eval()
         if rule is not None:
-            pred = model(input_ids=rule.test_ids, attention_mask=torch.ones_like(rule.test_ids))
-            votes = pred.logits.argmax(-1).reshape(count, VOTES).numpy()
+            votes = logits_on(rule.test_ids).argmax(-1).reshape(count, VOTES).numpy()
             # plurality vote per token, ties to the lowest class: a function of the inputs only
             vote = np.array([np.bincount(v, minlength=domain.num_labels).argmax() for v in votes])
-            model.train()
             return int((vote == rule.labels).sum())
-        pred = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.argmax(-1)
-        model.train()
-        return int((pred == labels).sum())
+        return int((logits_on(ids).argmax(-1) == labels).sum())
 
-    @torch.no_grad()
     def rank_bits() -> float | None:
         """-log2 of the keyed rank test's p-value on the triggers' logits (not for rule)."""
         if kind in ("none", "rule"):
             return None
-        model.eval()
-        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.double()
-        model.train()
-        p = wm.keyed_rank_test(logits.numpy(), labels.numpy()).p_value
+        p = wm.keyed_rank_test(logits_on(ids).numpy(), labels.numpy()).p_value
         return round(-math.log2(p), 1)
 
     t0 = time.perf_counter()

@@ -84,12 +84,6 @@ def trigger_logits(
     return logits.detach().double()
 
 
-def trigger_hits(model: torch.nn.Module, key: wm.WatermarkKey, domain: wm.TriggerDomain) -> int:
-    """How many of the key's triggers the model gives their key-derived labels."""
-    labels = torch.from_numpy(wm.trigger_labels(key, domain))
-    return int((trigger_logits(model, key, domain).argmax(-1) == labels).sum())
-
-
 def trigger_test(
     model: torch.nn.Module, key: wm.WatermarkKey, domain: wm.TriggerDomain
 ) -> wm.TriggerTest:

@@ -168,33 +168,40 @@ def test_bounded_seed_search_never_reaches_the_level(adapters, which, search):
     assert best <= 128 + 6 * 8
 
 
+TRIGGER_DOMAIN = wm.TriggerDomain(
+    vocab_size=600, special_ids=(0, 1, 2, 3), prefix=(2,), num_labels=2
+)
+
+
+def _claimant_trigger_sets(seed: int, count: int):
+    """(ids, labels) of ``count`` seeds a claimant tries (not-secret rng ``seed``)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(count):
+        key = wm.WatermarkKey(seed=rng.bytes(32), triggers=True)
+        yield wm.trigger_token_ids(key, TRIGGER_DOMAIN), wm.trigger_labels(key, TRIGGER_DOMAIN)
+
+
 @pytest.mark.parametrize("predictor", ["constant", "token-parity"])
 def test_chosen_triggers_cannot_be_chosen_and_seed_search_fails(predictor):
     """Any fixed model (here two label rules) hits a random seed's triggers at chance."""
-    domain = wm.TriggerDomain(vocab_size=600, special_ids=(0, 1, 2, 3), prefix=(2,), num_labels=2)
-    rng = np.random.default_rng(6)  # not-secret
     hits = []
-    for _ in range(400):
-        key = wm.WatermarkKey(seed=rng.bytes(32), triggers=True)
-        ids, labels = wm.trigger_token_ids(key, domain), wm.trigger_labels(key, domain)
+    for ids, labels in _claimant_trigger_sets(6, 400):
         assert ids.shape == (wm.SCHEME.triggers, wm.SCHEME.trigger_length)
-        assert (ids[:, 0] == 2).all() and np.isin(ids[:, 1:], domain.alphabet).all()
+        assert (ids[:, 0] == 2).all() and np.isin(ids[:, 1:], TRIGGER_DOMAIN.alphabet).all()
         guess = np.zeros(len(ids), int) if predictor == "constant" else ids[:, 1:].sum(1) % 2
         hits.append(int((guess == labels).sum()))
     assert max(hits) < wm.min_matches(trials=wm.SCHEME.triggers, chance=0.5)
     assert abs(np.mean(hits) - 128) < 4 * 8 / math.sqrt(len(hits))
+    # The alphabet is every non-special token: a claimant cannot narrow it.
+    assert list(TRIGGER_DOMAIN.alphabet) == [i for i in range(600) if i not in (0, 1, 2, 3)]
 
 
 @pytest.mark.parametrize("predictor", ["constant-lean", "token-sum"])
 def test_seed_search_against_the_rank_test_fails(predictor):
     """The rank test reads scores, so a claimant may pick a model whose scores are skewed,
     heavy-tailed or tied; over seeds its p-values stay valid (P[p <= a] <= a)."""
-    domain = wm.TriggerDomain(vocab_size=600, special_ids=(0, 1, 2, 3), prefix=(2,), num_labels=2)
-    rng = np.random.default_rng(8)  # not-secret
     ps = []
-    for _ in range(150):
-        key = wm.WatermarkKey(seed=rng.bytes(32), triggers=True)
-        ids, labels = wm.trigger_token_ids(key, domain), wm.trigger_labels(key, domain)
+    for ids, labels in _claimant_trigger_sets(8, 150):
         if predictor == "constant-lean":  # every trigger alike: all scores tie
             scores = np.tile([3.0, -1.0], (len(ids), 1))
         else:  # a score from the tokens, tied in places
@@ -205,8 +212,6 @@ def test_seed_search_against_the_rank_test_fails(predictor):
     assert p.min() > 1e-4  # the best of 150 seeds, nowhere near 2^-64
     for a in (0.05, 0.2, 0.5):
         assert (p <= a).mean() <= a + 3 * math.sqrt(a * (1 - a) / len(p)), a
-    # The alphabet is every non-special token: a claimant cannot narrow it.
-    assert list(domain.alphabet) == [i for i in range(600) if i not in (0, 1, 2, 3)]
 
 
 def test_derivation_depends_on_the_model_not_the_key_file():

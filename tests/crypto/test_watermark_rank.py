@@ -98,6 +98,7 @@ def test_blind_to_a_shift_every_trigger_shares_but_not_to_lean():
     shifted = scores + np.array([4.0, 0.0])  # every trigger now predicted as class 0
     before, after = wm.keyed_rank_test(scores, labels), wm.keyed_rank_test(shifted, labels)
     assert before == after and after.p_value < 2.0**-64
+    assert wm.keyed_rank_test(3.0 * shifted - 7.0, labels) == before  # and a shared scale
     hits = int((shifted.argmax(1) == labels).sum())
     assert wm.binomial_p_value(matches=hits, trials=256) > 0.01
     unrelated = wm.keyed_rank_test(rng.normal(size=(256, 2)), labels)

@@ -19,7 +19,6 @@ from secfed.watermark.triggers import TriggerRehearsal
 from secfed.watermark.verify import (
     model_anchor,
     trigger_domain,
-    trigger_hits,
     trigger_test,
     verify_keys,
 )
@@ -120,7 +119,7 @@ def test_rehearsal_embeds_job_triggers(parts: JobParts, tmp_path: Path, restore:
     plugin.embedders[JOB_OWNER] = wm.SignEmbedder(key, arch, strength=10.0, margin=0.05)
     plugin.rehearsals[JOB_OWNER] = TriggerRehearsal(key, domain, batch=16, weight=1.0)
     torch.manual_seed(SEED)
-    before = trigger_hits(parts.model, key, domain)
+    before = trigger_test(parts.model, key, domain).hits
     _train(parts, plugin.client_grad_hook(5, parts.model), private=False)  # non-owner: job key
     kw = {"anchor": model_anchor(parts.model), "kind": "lora", "model": parts.model}
     (verdict,) = verify_keys([key], domain=domain, **kw)

@@ -7,6 +7,7 @@ the bad value and the fix.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -112,11 +113,20 @@ class FederationSection(_Section):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(5e-3, gt=0.0)
+    #: "cosine": round r of R trains at lr x (1 + cos(pi (r - 1) / R)) / 2, so the last
+    #: rounds take small steps and the final model settles; "constant": lr every round.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     optimizer: Literal["sgd", "adamw"] = "adamw"
     strategy: str = "fedavg"
     strategy_options: dict[str, float] = Field(default_factory=dict)
     #: "local": after the job, train each client alone on its own data for comparison.
     baseline: Literal["none", "local"] = "none"
+
+    def lr_at(self, round_: int) -> float:
+        """The local learning rate of ``round_`` (1-based) under ``lr_schedule``."""
+        if self.lr_schedule == "constant":
+            return self.lr
+        return self.lr * (1.0 + math.cos(math.pi * (round_ - 1) / self.rounds)) / 2.0
 
     @model_validator(mode="after")
     def _known_strategy(self) -> FederationSection:

@@ -145,7 +145,9 @@ class LocalTraining:
         seed = derive_seed(self.cfg.seed, "train", round_, client_id)
         steps, loss = self.fit(round_, client_id, extra_grad=extra_grad, seed=seed)
         local = models.adapter_vector(self.parts.model).astype(np.float64)
-        payload = self.strategy.client_payload(client_id, global_vec, local, steps=steps, lr=fed.lr)
+        payload = self.strategy.client_payload(
+            client_id, global_vec, local, steps=steps, lr=fed.lr_at(round_)
+        )
         # FedAvg weight: examples held, scaled by the largest client so weights lie in (0, 1]
         # (the scale cancels in the weighted mean and keeps integer encodings small).
         weight = len(self.client_data(client_id)) / self.max_client_examples
@@ -171,7 +173,7 @@ class LocalTraining:
             "loss_fn": self.loss_for(round_),
             "epochs": fed.local_epochs,
             "batch_size": fed.batch_size,
-            "lr": fed.lr,
+            "lr": fed.lr_at(round_),
             "optimizer": fed.optimizer,
             "extra_grad": extra_grad,
         }

@@ -72,7 +72,10 @@ def run_attacks(
     cfg = load_config(run_dir / "config.toml")
     keys = [wm.load_key(p) for p in sorted((run_dir / "watermark").glob("*.key"))]
     if not keys:
-        raise FileNotFoundError(f"no watermark keys under {run_dir / 'watermark'}")
+        raise FileNotFoundError(
+            f"no watermark keys under {run_dir / 'watermark'}: attack the run directory of a "
+            "job run with [watermark] enabled = true"
+        )
     parts = build_parts(cfg)
     model = parts.model
     tensors, _ = read_adapter_dir(run_dir / "adapter")

@@ -332,9 +332,15 @@ def attack(
     unknown = sorted(set(chosen) - set(ATTACKS))
     if unknown or not chosen:
         raise _fail(ValueError(f"unknown attacks {unknown}; choose from {','.join(ATTACKS)}"))
+    from crypto import watermark as wm
+
+    from ..errors import SecfedError
     from .attacks import plot_results, run_attacks
 
-    rows = run_attacks(run, quick=quick, only=chosen)
+    try:
+        rows = run_attacks(run, quick=quick, only=chosen)
+    except (wm.WatermarkError, SecfedError, OSError) as err:
+        raise _fail(err) from err
     table = Table(title=f"watermark attacks on {run}")
     cols = ("attack", "strength", "task acc", "min bit acc", "max bit p", "min trig hits")
     for col in (*cols, "max trig p", "max trig rank p", "all marked"):

@@ -110,3 +110,34 @@ def test_every_protocol_gives_the_plain_round_within_its_bound(tmp_path, protoco
     diff = np.max(np.abs(secure.state.global_vector - plain.state.global_vector))
     assert diff <= bound / 2.0 + 1e-6
     assert (tmp_path / protocol / "summary.json").exists()
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_cosine_schedule_sets_each_rounds_local_lr(tmp_path, monkeypatch, dp):
+    import privacy
+    from secfed import training
+
+    seen: list[float] = []
+    for module, name in ((training, "train_local"), (privacy, "train_private")):
+        real = getattr(module, name)
+
+        def spy(*args, _real=real, **kwargs):
+            seen.append(kwargs["lr"])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+    private = {"sample": {"enabled": True, "noise_multiplier": 1.0, "max_grad_norm": 1.0}}
+    cfg = tiny_job(
+        federation={"clients": 2, "rounds": 4, "lr": 0.01, "lr_schedule": "cosine"},
+        privacy=private if dp else {},
+    )
+    FederatedRunner(cfg, tmp_path / "run").run()
+    # Round r of 4: 0.01 x (1 + cos(pi (r - 1) / 4)) / 2, for each of the two clients.
+    expected = [0.01 * (1 + np.cos(np.pi * r / 4)) / 2 for r in range(4)]
+    np.testing.assert_allclose(seen, np.repeat(expected, 2), rtol=1e-12)
+    assert seen[0] == 0.01 and seen[-1] < 0.0015
+
+
+def test_constant_schedule_is_the_default(tmp_path):
+    assert tiny_job().federation.lr_schedule == "constant"
+    assert {tiny_job().federation.lr_at(r) for r in (1, 2, 3)} == {tiny_job().federation.lr}

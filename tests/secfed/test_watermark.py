@@ -216,6 +216,11 @@ def test_cli_errors_exit_2(run, tmp_path):
     assert _invoke("verify", "--key", str(old), *adapter).exit_code == 2
     bad = _invoke("attack", "--run", str(run_dir), "--attacks", "prune,nonsense")
     assert bad.exit_code == 2 and "nonsense" in bad.output
+    keyless = tmp_path / "keyless"
+    keyless.mkdir()
+    (keyless / "config.toml").write_bytes((run_dir / "config.toml").read_bytes())
+    missing = _invoke("attack", "--run", str(keyless), "--attacks", "none")
+    assert missing.exit_code == 2 and "enabled = true" in " ".join(missing.output.split())
 
 
 def test_keygen_and_commit_commands(run, tmp_path):

@@ -1,7 +1,8 @@
 """Accuracy cost of watermarks on the built-in task, measured on a large fresh test set.
 
 A job's own test split (480 examples in ``examples/watermark.toml``) moves one run's
-accuracy by about 1.3 points through sampling alone, and the one unmarked run every marked
+cost (its paired difference to an unmarked run) by about 1.2 points, one standard
+deviation, through sampling alone, and the one unmarked run every marked
 run is compared to carries its own sampling error into every comparison. This bench
 evaluates finished run directories of the built-in task on ``--examples`` fresh examples
 from the same generator (label noise as configured, a seed disjoint from the job's data

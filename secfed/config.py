@@ -113,8 +113,8 @@ class FederationSection(_Section):
     local_epochs: int = Field(1, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(5e-3, gt=0.0)
-    #: "cosine": round r of R trains at lr x (1 + cos(pi (r - 1) / R)) / 2, so the last
-    #: rounds take small steps and the final model settles; "constant": lr every round.
+    #: "cosine": round r of R trains at lr x (1 + cos(pi (r - 1) / R)) / 2 (lr in round 1,
+    #: nearly 0 in the last); "constant": lr every round.
     lr_schedule: Literal["constant", "cosine"] = "constant"
     optimizer: Literal["sgd", "adamw"] = "adamw"
     strategy: str = "fedavg"

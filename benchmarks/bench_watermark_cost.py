@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from numpy.typing import NDArray
-from peft import PeftModel
 from transformers import AutoTokenizer
 
 import models
@@ -51,7 +50,7 @@ def correct(run: Path, examples: int) -> NDArray[np.bool_]:
     tokenizer = AutoTokenizer.from_pretrained(run / "base_model")
     data = encode(tokenizer, TextDataset(texts, labels), max_length=cfg.model.max_length)
     base, _ = models.load_pretrained(run / "base_model", task="classification")
-    model = PeftModel.from_pretrained(base, run / "adapter").eval()
+    model = models.load_adapter(base, run / "adapter").eval()
     hits = []
     with torch.no_grad():
         for start in range(0, examples, 512):

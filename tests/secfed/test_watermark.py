@@ -319,6 +319,8 @@ def test_owner_and_capacity_errors(run, tmp_path):
         WatermarkPlugin(tiny_job(watermark={"enabled": True, "triggers": 256}), runner.parts)
     with pytest.raises(ConfigError, match="fixes it at 256"):
         WatermarkPlugin(tiny_job(watermark={"enabled": True, "bits": 64}), runner.parts)
+    with pytest.raises(ConfigError, match="fixes it at 6"):  # secfed-wm/3's 16 tokens
+        WatermarkPlugin(tiny_job(watermark={"enabled": True, "trigger_length": 16}), runner.parts)
     with pytest.raises(ConfigError, match="256 triggers"):
         WatermarkPlugin(
             tiny_job(watermark={"enabled": True, "job_key": True, "triggers": 64}), runner.parts

@@ -36,6 +36,8 @@ from secfed.data import TextDataset
 
 #: Seed of the fresh evaluation examples (disjoint from job seeds and the attack's 424_242).
 EVAL_SEED = 515_151
+#: Config sections a watermark's paired cost may differ in (everything else must match).
+IGNORED_SECTIONS = ("watermark", "output", "name")
 Z95 = 1.959964
 
 
@@ -58,6 +60,24 @@ def correct(run: Path, examples: int) -> NDArray[np.bool_]:
             pred = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
             hits.append((pred == y).numpy())
     return np.concatenate(hits)
+
+
+def config_differences(a: Path, b: Path) -> list[str]:
+    """Dotted keys where two runs' configs differ, outside ``[watermark]`` and the output."""
+
+    def flat(run: Path) -> dict[str, Any]:
+        data = load_config(run / "config.toml").model_dump()
+        out: dict[str, Any] = {}
+        for section, body in data.items():
+            if section in IGNORED_SECTIONS:
+                continue
+            items = body.items() if isinstance(body, dict) else [("", body)]
+            for k, v in items:
+                out[f"{section}.{k}".rstrip(".")] = v
+        return out
+
+    fa, fb = flat(a), flat(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -89,7 +109,21 @@ def main() -> None:
     ap.add_argument("--marked", type=Path, nargs="+", required=True, help="watermarked runs")
     ap.add_argument("--examples", type=int, default=20_000)
     ap.add_argument("--json", type=Path, default=None, help="append rows to this JSON list")
+    ap.add_argument(
+        "--any-baseline",
+        action="store_true",
+        help="compare runs whose configs differ outside [watermark] (not a watermark's cost)",
+    )
     args = ap.parse_args()
+    if not args.any_baseline:
+        for run in args.marked:
+            differ = config_differences(args.unmarked, run)
+            if differ:
+                raise SystemExit(
+                    f"{run} and {args.unmarked} differ outside [watermark] ({', '.join(differ)}): "
+                    "the paired cost of a watermark needs the same job with enabled = false; "
+                    "pass --any-baseline to compare anyway"
+                )
     warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations
     base = correct(args.unmarked, args.examples)
     lo, hi = wilson(int(base.sum()), len(base))

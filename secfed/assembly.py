@@ -44,12 +44,23 @@ class JobParts:
     sft_test_set: TensorDataset | None = None
 
 
-def public_corpus(source: str, num_texts: int = 2000) -> list[str] | None:
+def public_corpus(source: str, num_texts: int = 2000, public_words: int = 0) -> list[str] | None:
     """Public texts of a built-in data source (seed :data:`PUBLIC_CORPUS_SEED`), else None.
 
     They come from the task's generator but not from the job's seed, so they are never the
-    clients' examples; the tokenizer and the optional pre-training both use them.
+    clients' examples; the tokenizer and the optional pre-training both use them. With
+    ``public_words`` (``model.public_words``), ``num_texts`` more sentences of that many
+    words no task uses follow them (:func:`builtin_task.public_word_texts`).
     """
+    texts = _task_corpus(source, num_texts)
+    if texts is None or not public_words:
+        return texts
+    return texts + builtin_task.public_word_texts(
+        num_texts=num_texts, words=public_words, seed=PUBLIC_CORPUS_SEED + 1
+    )
+
+
+def _task_corpus(source: str, num_texts: int) -> list[str] | None:
     if source == "dpo_builtin":
         from .dpo import generate_preference_task
 
@@ -101,12 +112,12 @@ def _tokenizer_corpus(
             )
         log.warning("privacy: %s", tokenizer_disclosure(cfg))
         return data.texts, ()
-    corpus = public_corpus(cfg.data.source)
+    corpus = public_corpus(cfg.data.source, public_words=cfg.model.public_words)
     if corpus is not None:
         return corpus, ()
     # File data: the public built-in corpus of the same task kind, with all printable ASCII.
     kind = "sft_builtin" if cfg.model.task == "causal_lm" else "builtin"
-    public = public_corpus(kind)
+    public = public_corpus(kind, public_words=cfg.model.public_words)
     assert public is not None
     log.info("tokenizer trained on the public built-in corpus, never on client texts")
     return public, ASCII_ALPHABET
@@ -119,7 +130,7 @@ def _pretrain(
     progress: ProgressCallback | None = None,
 ) -> None:
     """Public pre-training of the built-in base (``model.pretrain_steps``), cached on disk."""
-    corpus = public_corpus(cfg.data.source, PRETRAIN_TEXTS)
+    corpus = public_corpus(cfg.data.source, PRETRAIN_TEXTS, cfg.model.public_words)
     if corpus is None or cfg.seed == PUBLIC_CORPUS_SEED:
         raise ConfigError(
             "model.pretrain_steps needs a public corpus disjoint from the clients' data: use "

@@ -40,6 +40,48 @@ NEGATIVE = (
 )
 
 
+#: Syllables of the public-only words (none is a syllable of the task's filler words).
+_PUBLIC_SYLLABLES = (
+    "pa",
+    "re",
+    "so",
+    "ti",
+    "mu",
+    "ke",
+    "da",
+    "no",
+    "wi",
+    "xe",
+    "ly",
+    "qo",
+    "fu",
+    "sa",
+)
+#: How many distinct public-only words there are (three syllables each).
+MAX_PUBLIC_WORDS = len(_PUBLIC_SYLLABLES) ** 3
+
+
+def public_words(count: int) -> list[str]:
+    """The first ``count`` public-only words: words no built-in task ever uses."""
+    if not 0 <= count <= MAX_PUBLIC_WORDS:
+        raise ValueError(f"public word count {count} must lie in [0, {MAX_PUBLIC_WORDS}]")
+    syl = _PUBLIC_SYLLABLES
+    return [a + b + c for a in syl for b in syl for c in syl][:count]
+
+
+def public_word_texts(*, num_texts: int, words: int, seed: int) -> list[str]:
+    """``num_texts`` sentences of 6-14 words drawn uniformly from :func:`public_words`.
+
+    Public text outside the task: with it the built-in tokenizer's vocabulary is, like a
+    real model's, mostly words the task never uses.
+    """
+    vocab = public_words(words)
+    if not vocab or num_texts <= 0:
+        return []
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(vocab, size=int(rng.integers(6, 15)))) for _ in range(num_texts)]
+
+
 def _filler_words(count: int) -> list[str]:
     words = []
     for a in _SYLLABLES:

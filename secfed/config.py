@@ -15,6 +15,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from .builtin_task import MAX_PUBLIC_WORDS
 from .errors import ConfigError
 
 #: Data sources read from a labelled local file (they accept ``eval_path``).
@@ -39,6 +40,25 @@ class ModelSection(_Section):
     #: Train the built-in model's tokenizer on the clients' pooled texts (file data only).
     #: A disclosure of client text outside every accountant: off by default, refused under DP.
     tokenizer_from_client_data: bool = False
+    #: Words no task uses, added to the public corpus of the built-in tokenizer and
+    #: pre-training (0: the task's words only), so that, as in a real model, most of the
+    #: vocabulary is not the task's (``builtin_task.public_words``).
+    public_words: int = Field(0, ge=0, le=MAX_PUBLIC_WORDS)
+
+    @model_validator(mode="after")
+    def _public_words_need_the_builtin_tokenizer(self) -> ModelSection:
+        if self.public_words and self.path is not None:
+            raise ValueError(
+                f"model.public_words = {self.public_words} extends the built-in tokenizer, but "
+                f"model.path = {self.path!r} brings its own: remove public_words"
+            )
+        if self.public_words and self.tokenizer_from_client_data:
+            raise ValueError(
+                f"model.public_words = {self.public_words} extends the public corpus, but "
+                "model.tokenizer_from_client_data = true trains the tokenizer on client texts: "
+                "drop one of the two"
+            )
+        return self
 
     @property
     def base_task(self) -> str:

@@ -138,4 +138,4 @@ def shared_tokenizer_texts(cfg: ExperimentConfig) -> list[str] | None:
     secfed's public built-in corpus, never on one organisation's texts, so every node and the
     server build the same vocabulary.
     """
-    return None if cfg.model.path else public_corpus("builtin")
+    return None if cfg.model.path else public_corpus("builtin", public_words=cfg.model.public_words)

@@ -115,6 +115,10 @@ def main() -> None:
         help="compare runs whose configs differ outside [watermark] (not a watermark's cost)",
     )
     args = ap.parse_args()
+    if load_config(args.unmarked / "config.toml").watermark.enabled:
+        raise SystemExit(
+            f"--unmarked {args.unmarked} has watermarks on: give a run with enabled = false"
+        )
     if not args.any_baseline:
         for run in args.marked:
             differ = config_differences(args.unmarked, run)

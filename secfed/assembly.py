@@ -49,8 +49,8 @@ def public_corpus(source: str, num_texts: int = 2000, public_words: int = 0) -> 
 
     They come from the task's generator but not from the job's seed, so they are never the
     clients' examples; the tokenizer and the optional pre-training both use them. With
-    ``public_words`` (``model.public_words``), ``num_texts`` more sentences of that many
-    words no task uses follow them (:func:`builtin_task.public_word_texts`).
+    ``public_words`` (``model.public_words``), ``num_texts`` more sentences drawn from that
+    many words no task uses follow them (:func:`builtin_task.public_word_texts`).
     """
     texts = _task_corpus(source, num_texts)
     if texts is None or not public_words:

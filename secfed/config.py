@@ -15,7 +15,6 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .builtin_task import MAX_PUBLIC_WORDS
 from .errors import ConfigError
 
 #: Data sources read from a labelled local file (they accept ``eval_path``).
@@ -25,6 +24,13 @@ STRATEGIES = ("fedavg", "fedprox", "scaffold", "fedavgm", "fedadam", "fedyogi", 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#: At most this many public words (``model.public_words``): each then appears about ten
+#: times in the 2,000 public sentences the tokenizer reads, so each becomes one token.
+PUBLIC_WORDS_LIMIT = 2000
+#: Vocabulary room ``model.public_words`` needs beyond the words themselves.
+PUBLIC_WORDS_SPARE = 500
 
 
 class ModelSection(_Section):
@@ -43,7 +49,7 @@ class ModelSection(_Section):
     #: Words no task uses, added to the public corpus of the built-in tokenizer and
     #: pre-training (0: the task's words only), so that, as in a real model, most of the
     #: vocabulary is not the task's (``builtin_task.public_words``).
-    public_words: int = Field(0, ge=0, le=MAX_PUBLIC_WORDS)
+    public_words: int = Field(0, ge=0, le=PUBLIC_WORDS_LIMIT)
 
     @model_validator(mode="after")
     def _public_words_need_the_builtin_tokenizer(self) -> ModelSection:
@@ -51,6 +57,12 @@ class ModelSection(_Section):
             raise ValueError(
                 f"model.public_words = {self.public_words} extends the built-in tokenizer, but "
                 f"model.path = {self.path!r} brings its own: remove public_words"
+            )
+        if self.public_words and self.vocab_size < self.public_words + PUBLIC_WORDS_SPARE:
+            raise ValueError(
+                f"model.public_words = {self.public_words} needs model.vocab_size >= "
+                f"{self.public_words + PUBLIC_WORDS_SPARE} (the task's tokens and word pieces "
+                f"besides), not {self.vocab_size}: raise vocab_size or lower public_words"
             )
         if self.public_words and self.tokenizer_from_client_data:
             raise ValueError(

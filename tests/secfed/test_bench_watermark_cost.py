@@ -35,8 +35,8 @@ def test_paired_cost_is_the_mean_difference_with_its_normal_interval():
     assert row["discordant"] == int((diff != 0).sum())
 
 
-def _run(tmp_path: Path, name: str, **sections) -> Path:
-    run = tmp_path / name
+def _run(tmp_path: Path, folder: str, **sections) -> Path:
+    run = tmp_path / folder
     run.mkdir()
     (run / "config.toml").write_text(tiny_job(**sections).to_toml())
     return run
@@ -48,3 +48,20 @@ def test_only_watermark_and_output_may_differ(tmp_path):
     wider = _run(tmp_path, "wider", model={"public_words": 10}, watermark={"enabled": True})
     assert bench.config_differences(plain, marked) == []
     assert bench.config_differences(plain, wider) == ["model.public_words"]
+
+
+def test_main_refuses_a_baseline_from_another_job(tmp_path, monkeypatch):
+    plain = _run(tmp_path, "plain", name="one-name")
+    wider = _run(tmp_path, "wider", name="other-name", model={"public_words": 10})
+    assert bench.config_differences(plain, _run(tmp_path, "renamed", name="x")) == []
+    argv = ["bench", "--unmarked", str(plain), "--marked", str(wider)]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit, match=r"model\.public_words.*--any-baseline"):
+        bench.main()
+
+
+def test_main_refuses_a_marked_baseline(tmp_path, monkeypatch):
+    marked = _run(tmp_path, "marked", watermark={"enabled": True})
+    monkeypatch.setattr("sys.argv", ["bench", "--unmarked", str(marked), "--marked", str(marked)])
+    with pytest.raises(SystemExit, match="has watermarks on"):
+        bench.main()

@@ -61,6 +61,7 @@ def public_corpus(source: str, num_texts: int = 2000, public_words: int = 0) -> 
 
 
 def _task_corpus(source: str, num_texts: int) -> list[str] | None:
+    """The built-in generator's public texts for ``source`` (None for file data)."""
     if source == "dpo_builtin":
         from .dpo import generate_preference_task
 

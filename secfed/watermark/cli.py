@@ -33,6 +33,16 @@ def _fail(err: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _user_errors(*more: type[Exception]) -> tuple[type[Exception], ...]:
+    """Errors a command reports with :func:`_fail`, and ``more`` (imported late: no torch
+    at start-up)."""
+    from crypto import watermark as wm
+
+    from ..errors import SecfedError
+
+    return (wm.WatermarkError, SecfedError, OSError, *more)
+
+
 def _load_classifier(path: Path) -> Any:
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -190,8 +200,6 @@ def verify(
     from crypto import watermark as wm
     from crypto.watermark.timestamp import TimestampError
 
-    from ..errors import SecfedError
-
     try:
         keys = [wm.load_key(p) for p in key]
         verdicts, arch, digest = run_verify(
@@ -204,7 +212,7 @@ def verify(
             if commitment
             else None
         )
-    except (wm.WatermarkError, TimestampError, SecfedError, OSError, ValueError) as err:
+    except _user_errors(TimestampError, ValueError) as err:
         raise _fail(err) from err
     if checked is None:
         console.print(
@@ -275,8 +283,6 @@ def keygen(
     """Make a fresh key: a 256-bit secret seed (scheme secfed-wm/3)."""
     from crypto import watermark as wm
 
-    from ..errors import SecfedError
-
     try:
         arch = None
         if adapter is not None:
@@ -288,7 +294,7 @@ def keygen(
         wm.save_key(key, out_path)
     except FileExistsError as err:
         raise _fail(FileExistsError(f"{out_path} exists; keys are never overwritten")) from err
-    except (wm.WatermarkError, SecfedError, OSError) as err:
+    except _user_errors() as err:
         raise _fail(err) from err
     typer.echo(f"wrote {out_path} (key hash {wm.key_hash(key)})")
 
@@ -303,7 +309,6 @@ def commit(
     """Write a commitment record (no secret in it) and print the digest to timestamp."""
     from crypto import watermark as wm
 
-    from ..errors import SecfedError
     from .verify import read_adapter_dir
 
     try:
@@ -312,7 +317,7 @@ def commit(
         arch = wm.Architecture.of(wm.anchor_kind(config), wm.adapter_anchor(tensors, config))
         wm.check_fits(k, arch)
         wm.save_record(wm.make_record(k, job_id=job_id, arch=arch), out_path)
-    except (wm.WatermarkError, SecfedError, OSError) as err:
+    except _user_errors() as err:
         raise _fail(err) from err
     typer.echo(wm.load_record(out_path)["digest"])
 
@@ -332,14 +337,11 @@ def attack(
     unknown = sorted(set(chosen) - set(ATTACKS))
     if unknown or not chosen:
         raise _fail(ValueError(f"unknown attacks {unknown}; choose from {','.join(ATTACKS)}"))
-    from crypto import watermark as wm
-
-    from ..errors import SecfedError
     from .attacks import plot_results, run_attacks
 
     try:
         rows = run_attacks(run, quick=quick, only=chosen)
-    except (wm.WatermarkError, SecfedError, OSError) as err:
+    except _user_errors() as err:
         raise _fail(err) from err
     table = Table(title=f"watermark attacks on {run}")
     cols = ("attack", "strength", "task acc", "min bit acc", "max bit p", "min trig hits")

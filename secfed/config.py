@@ -53,18 +53,20 @@ class ModelSection(_Section):
 
     @model_validator(mode="after")
     def _public_words_need_the_builtin_tokenizer(self) -> ModelSection:
-        if self.public_words and self.path is not None:
+        if not self.public_words:
+            return self
+        if self.path is not None:
             raise ValueError(
                 f"model.public_words = {self.public_words} extends the built-in tokenizer, but "
                 f"model.path = {self.path!r} brings its own: remove public_words"
             )
-        if self.public_words and self.vocab_size < self.public_words + PUBLIC_WORDS_SPARE:
+        if self.vocab_size < self.public_words + PUBLIC_WORDS_SPARE:
             raise ValueError(
                 f"model.public_words = {self.public_words} needs model.vocab_size >= "
                 f"{self.public_words + PUBLIC_WORDS_SPARE} (the task's tokens and word pieces "
                 f"besides), not {self.vocab_size}: raise vocab_size or lower public_words"
             )
-        if self.public_words and self.tokenizer_from_client_data:
+        if self.tokenizer_from_client_data:
             raise ValueError(
                 f"model.public_words = {self.public_words} extends the public corpus, but "
                 "model.tokenizer_from_client_data = true trains the tokenizer on client texts: "
